@@ -1,0 +1,91 @@
+"""Config: YAML in, validated settings out. Every key, its default and its meaning live in
+``config/default.yaml``; this module is the schema that checks them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from .errors import ConfigError
+
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Validated settings. Build with ``Config.from_yaml(path)`` or ``Config.from_mapping(d)``."""
+
+    shards: Annotated[int, msgspec.Meta(ge=1, le=256)] | None = None
+    start_method: Literal["forkserver", "spawn", "fork"] = "forkserver"
+    cache_size: Annotated[int, msgspec.Meta(ge=0)] = 100_000
+    iter_chunk_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    snapshot_path: str | None = None
+    autosave_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    compression_level: Annotated[int, msgspec.Meta(ge=1, le=22)] = 1
+    keep_generations: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 2
+    file_mode: Annotated[str, msgspec.Meta(pattern="^0?[0-7]{3}$")] = "0600"
+    save_on_close: bool = False
+
+    @property
+    def shard_count(self) -> int:
+        return self.shards or os.cpu_count() or 1
+
+    @property
+    def file_mode_bits(self) -> int:
+        return int(self.file_mode, 8)
+
+    @classmethod
+    def from_mapping(cls, data: Any, source: str = "settings") -> Config:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: the settings must be a mapping of keys to values, got {type(data).__name__}")
+        try:
+            return msgspec.convert(data, cls, strict=True)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{source}: {_explain(exc)}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Config:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        return cls.from_mapping(data, source=str(path))
+
+    def replace(self, source: str = "overrides", **changes: Any) -> Config:
+        """A copy with ``changes`` applied, validated like a file."""
+        merged = msgspec.structs.asdict(self)
+        merged.update(changes)
+        return Config.from_mapping(merged, source=source)
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    """msgspec says ``... - at `$.shards```; say ``key 'shards': ...`` instead."""
+    text = str(exc)
+    if " - at `$." in text:
+        message, _, where = text.rpartition(" - at `$.")
+        return f"key {where.rstrip('`')!r}: {message}"
+    if text.startswith("Object contains unknown field"):
+        key = text.split("`")[1]
+        return f"unknown key {key!r} (known keys: {', '.join(Config.__struct_fields__)})"
+    return text
+
+
+def load_config(config: Config | str | os.PathLike[str] | None, overrides: dict[str, Any]) -> Config:
+    """The settings a DataBase runs with: a Config, a YAML path, or the defaults; then overrides."""
+    if config is None:
+        base = Config()
+    elif isinstance(config, Config):
+        base = config
+    elif isinstance(config, (str, os.PathLike)):
+        base = Config.from_yaml(config)
+    else:
+        raise ConfigError(f"config must be a Config, a path to a YAML file or None, got {type(config).__name__}")
+    return base.replace(**overrides) if overrides else base

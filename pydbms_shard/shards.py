@@ -1,0 +1,147 @@
+"""The coordinator's handles on its shard worker processes: start, talk, notice death, stop.
+
+``exchange`` is the one way messages travel: send every shard its message first, then collect
+every reply, so the shards work at the same time. A dead worker surfaces as ``ShardError``
+naming the shard, at once (end-of-file on its pipe), never as a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Sequence
+
+import multiprocess
+import multiprocess.spawn
+
+from .codec import decode_any, decode_parts
+from .errors import ShardError
+
+_LIVENESS_POLL_SECONDS = 0.25
+_JOIN_SECONDS = 5.0
+
+
+_starting = threading.local()
+_original_preparation_data = multiprocess.spawn.get_preparation_data
+
+
+def _preparation_data(name: str) -> dict[str, Any]:
+    """What a spawned or forkserver child prepares itself with, minus the user's ``__main__``
+    when a shard starts: a worker needs only this package, and re-running the user's script
+    in the child would start databases inside it (the original's examples have no main guard)."""
+    data = _original_preparation_data(name)
+    if getattr(_starting, "shard", False):
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+multiprocess.spawn.get_preparation_data = _preparation_data
+
+
+class ShardHandle:
+    """One worker process and the coordinator's end of its pipe."""
+
+    def __init__(self, index: int, shards: int, start_method: str) -> None:
+        from .workers.loop import main  # the worker's entry point, importable in the child
+
+        self.index = index
+        context = multiprocess.get_context(start_method)
+        self.conn, child_conn = context.Pipe(duplex=True)
+        watch_parent = os.getpid() if start_method == "fork" else 0
+        self.process = context.Process(
+            target=main, args=(child_conn, index, shards, watch_parent), name=f"pydbms-shard-{index}", daemon=True
+        )
+        _starting.shard = True
+        try:
+            self.process.start()
+        finally:
+            _starting.shard = False
+        child_conn.close()  # only the worker holds its end now: its death means EOF here
+        self.dead: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def _died(self, how: str) -> ShardError:
+        code = self.process.exitcode
+        if code is None:
+            self.process.join(0.2)
+            code = self.process.exitcode
+        self.dead = f"worker process {self.pid} {how} (exit code {code})"
+        return ShardError(self.index, self.dead)
+
+    def send(self, message: bytes) -> None:
+        if self.dead:
+            raise ShardError(self.index, self.dead)
+        try:
+            self.conn.send_bytes(message)
+        except (OSError, ValueError):
+            raise self._died("is gone") from None
+
+    def recv(self) -> list[Any]:
+        """The decoded reply parts ``[ok, ...]``."""
+        try:
+            while not self.conn.poll(_LIVENESS_POLL_SECONDS):
+                if not self.process.is_alive():
+                    raise self._died("died")
+            data = self.conn.recv_bytes()
+        except (EOFError, OSError):
+            raise self._died("died") from None
+        return decode_parts(data)
+
+    def stop(self) -> None:
+        """Ask the worker to exit, then make sure it has: join, terminate, kill."""
+        if not self.dead and self.process.is_alive():
+            try:
+                self.conn.send_bytes(b"\x91\xa4exit")
+                self.conn.poll(_JOIN_SECONDS) and self.conn.recv_bytes()
+            except (OSError, EOFError, ValueError):
+                pass
+        self.conn.close()
+        self.process.join(_JOIN_SECONDS)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(_JOIN_SECONDS)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.dead = self.dead or "closed"
+
+
+class ShardFailure(Exception):
+    """A worker answered with an error (its type name and message)."""
+
+    def __init__(self, shard: int, kind: str, message: str) -> None:
+        super().__init__(f"shard {shard}: {kind}: {message}")
+        self.shard, self.kind, self.message = shard, kind, message
+
+
+def exchange(handles: Sequence[ShardHandle], messages: Sequence[bytes | None]) -> list[Any]:
+    """Send each handle its message (None: skip), then collect every reply's result part
+    (still encoded). Raises the first ShardError or ShardFailure once all replies are in."""
+    sent = []
+    problems: list[Exception] = []
+    for handle, message in zip(handles, messages):
+        if message is None:
+            continue
+        try:
+            handle.send(message)
+            sent.append(handle)
+        except ShardError as exc:
+            problems.append(exc)
+    results: list[Any] = [None] * len(handles)
+    for handle in sent:
+        try:
+            reply = handle.recv()
+        except ShardError as exc:
+            problems.append(exc)
+            continue
+        if decode_any(reply[0]) is True:
+            results[handle.index] = reply[1]
+        else:
+            problems.append(ShardFailure(handle.index, decode_any(reply[1]), decode_any(reply[2])))
+    if problems:
+        raise problems[0]
+    return results

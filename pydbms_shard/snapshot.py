@@ -1,0 +1,525 @@
+"""The snapshot format on disk: shard files, the manifest, atomic commit, verify, backup.
+
+A snapshot at ``users_db.json`` is the manifest ``users_db.json`` (JSON) plus one binary file
+per shard beside it. Files are written under new names, fsynced, and only then named by a
+manifest that replaces the old one with an fsynced rename; the directory is fsynced too. A
+crash at any instant leaves the previous manifest and every file it names intact.
+
+Shard file layout (all integers little-endian)::
+
+    header  32 bytes  magic "PDBSHARD", u16 version, u16 flags (bit 0: zstd),
+                      u32 shard index, u32 shard count, u32 reserved, u64 user count
+    body    one zstd frame (with its own content checksum) holding blocks, each
+            u32 byte length + a msgpack array of records [name, age, id (bin 16), extras|nil]
+    trailer 24 bytes  magic "PDBSEND\\0", u64 body length, u32 CRC-32 of header+body, u32 reserved
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import secrets
+import shutil
+import struct
+import time
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+import msgspec
+import zstandard
+
+from .codec import Record, decode_records, encode, gc_paused
+from .errors import SnapshotError
+from .routing import HASH_SCHEME
+
+FORMAT_NAME = "pydbms-shard"
+FORMAT_VERSION = 1
+FILE_MAGIC = b"PDBSHARD"
+TRAILER_MAGIC = b"PDBSEND\0"
+FLAG_ZSTD = 1
+HEADER = struct.Struct("<8sHHIIIQ")
+TRAILER = struct.Struct("<8sQI4x")
+BLOCK_LEN = struct.Struct("<I")
+BLOCK_RECORDS = 65_536
+_READ_CHUNK = 1 << 20
+
+
+class ManifestFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One shard file as the manifest names it."""
+
+    name: str
+    shard: int
+    users: int
+    bytes: int
+    crc32: str
+
+
+class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    format: Literal["pydbms-shard"]
+    version: int
+    generation: int
+    created: str
+    shards: int
+    hash: str
+    users: int
+    files: list[ManifestFile]
+
+
+# ---------------------------------------------------------------- file names
+
+
+def _file_pattern(manifest_name: str) -> re.Pattern[str]:
+    return re.compile(re.escape(manifest_name) + r"\.g(\d{8})-([0-9a-f]{8})\.(s\d{3}\.pdbs|manifest)$")
+
+
+def shard_file_name(manifest_name: str, generation: int, token: str, shard: int) -> str:
+    return f"{manifest_name}.g{generation:08d}-{token}.s{shard:03d}.pdbs"
+
+
+def _numbered_manifest_name(manifest_name: str, generation: int, token: str) -> str:
+    return f"{manifest_name}.g{generation:08d}-{token}.manifest"
+
+
+def new_token() -> str:
+    return secrets.token_hex(4)
+
+
+def next_generation(manifest_path: Path) -> int:
+    """One more than any generation present (committed or left over from a crash)."""
+    highest = 0
+    try:
+        highest = read_manifest(manifest_path).generation
+    except (SnapshotError, OSError):
+        pass
+    pattern = _file_pattern(manifest_path.name)
+    try:
+        names = os.listdir(manifest_path.parent)
+    except OSError:
+        names = []
+    for name in names:
+        match = pattern.match(name)
+        if match:
+            highest = max(highest, int(match.group(1)))
+    return highest + 1
+
+
+# ---------------------------------------------------------------- low-level IO
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create(path: Path, mode: int) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not widen or narrow what was configured
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_bytes_durably(path: Path, data: bytes, mode: int) -> None:
+    """Write a new file and fsync it (no rename: the caller decides when it becomes visible)."""
+    fd = _create(path, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def describe_os_error(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full"
+    return exc.strerror or str(exc)
+
+
+# ---------------------------------------------------------------- shard files
+
+
+def write_shard_file(
+    path: Path, records: list[Record], shard: int, shards: int, level: int, mode: int
+) -> ManifestFile:
+    """Encode, compress and durably write one shard's records; remove the file on failure."""
+    crc = 0
+    body_len = 0
+    fd = _create(path, mode)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            header = HEADER.pack(FILE_MAGIC, FORMAT_VERSION, FLAG_ZSTD, shard, shards, 0, len(records))
+            out.write(header)
+            crc = zlib.crc32(header)
+            compressor = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
+            for start in range(0, max(len(records), 1), BLOCK_RECORDS):
+                block = encode(records[start : start + BLOCK_RECORDS])
+                piece = compressor.compress(BLOCK_LEN.pack(len(block)) + block)
+                if piece:
+                    out.write(piece)
+                    crc = zlib.crc32(piece, crc)
+                    body_len += len(piece)
+            piece = compressor.flush()
+            out.write(piece)
+            crc = zlib.crc32(piece, crc)
+            body_len += len(piece)
+            out.write(TRAILER.pack(TRAILER_MAGIC, body_len, crc))
+            out.flush()
+            os.fsync(fd)
+        size = HEADER.size + body_len + TRAILER.size
+    except BaseException:
+        os.close(fd)
+        _remove_quietly(path)
+        raise
+    os.close(fd)
+    return ManifestFile(name=path.name, shard=shard, users=len(records), bytes=size, crc32=f"{crc:08x}")
+
+
+def _check_header(path: Path, header: bytes, expect: ManifestFile | None) -> int:
+    if len(header) < HEADER.size:
+        raise SnapshotError(f"{path}: truncated (no complete header)")
+    magic, version, flags, _shard, _shards, _reserved, users = HEADER.unpack(header[: HEADER.size])
+    if magic != FILE_MAGIC:
+        raise SnapshotError(f"{path}: not a pydbms-shard snapshot file (bad magic)")
+    if version > FORMAT_VERSION:
+        raise SnapshotError(f"{path}: format version {version} is newer than this library reads ({FORMAT_VERSION})")
+    if version < 1 or flags != FLAG_ZSTD:
+        raise SnapshotError(f"{path}: damaged header (version {version}, flags {flags})")
+    if expect is not None and users != expect.users:
+        raise SnapshotError(f"{path}: header says {users} users, the manifest says {expect.users}")
+    return users
+
+
+def _check_trailer(path: Path, trailer: bytes, size: int, crc: int, expect: ManifestFile | None) -> None:
+    magic, body_len, stored_crc = TRAILER.unpack(trailer)
+    if magic != TRAILER_MAGIC or HEADER.size + body_len + TRAILER.size != size:
+        raise SnapshotError(f"{path}: truncated or damaged (bad trailer)")
+    if stored_crc != crc:
+        raise SnapshotError(f"{path}: checksum mismatch (stored {stored_crc:08x}, computed {crc:08x}): the file is damaged")
+    if expect is not None and expect.crc32 != f"{crc:08x}":
+        raise SnapshotError(f"{path}: checksum {crc:08x} differs from the manifest's {expect.crc32}")
+
+
+def _check_size(path: Path, size: int, expect: ManifestFile | None) -> None:
+    if expect is not None and size != expect.bytes:
+        raise SnapshotError(f"{path}: {size} bytes on disk, the manifest says {expect.bytes}: truncated or damaged")
+    if size < HEADER.size + TRAILER.size:
+        raise SnapshotError(f"{path}: truncated ({size} bytes)")
+
+
+def _parse_blocks(path: Path, data: bytes | memoryview, decode: Callable[[Any], list]) -> Iterator[list]:
+    view = memoryview(data)
+    pos = 0
+    while pos < len(view):
+        if pos + BLOCK_LEN.size > len(view):
+            raise SnapshotError(f"{path}: damaged body (block header cut short)")
+        (length,) = BLOCK_LEN.unpack_from(view, pos)
+        pos += BLOCK_LEN.size
+        if pos + length > len(view):
+            raise SnapshotError(f"{path}: damaged body (block cut short)")
+        try:
+            yield decode(view[pos : pos + length])
+        except msgspec.DecodeError as exc:
+            raise SnapshotError(f"{path}: damaged records ({exc})") from None
+        pos += length
+
+
+def read_shard_file(path: Path, expect: ManifestFile | None = None) -> list[Record]:
+    """Read, verify and decode a whole shard file (the fast path used by load)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise SnapshotError(f"{path}: missing") from None
+    except OSError as exc:
+        raise SnapshotError(f"{path}: cannot read ({describe_os_error(exc)})") from None
+    _check_size(path, len(data), expect)
+    users = _check_header(path, data, expect)
+    body_end = len(data) - TRAILER.size
+    _check_trailer(path, data[body_end:], len(data), zlib.crc32(memoryview(data)[:body_end]), expect)
+    try:
+        raw = zstandard.ZstdDecompressor().decompressobj().decompress(memoryview(data)[HEADER.size : body_end])
+    except zstandard.ZstdError as exc:
+        raise SnapshotError(f"{path}: damaged compressed body ({exc})") from None
+    del data
+    records: list[Record] = []
+    with gc_paused():
+        for block in _parse_blocks(path, raw, decode_records):
+            records.extend(block)
+    if len(records) != users:
+        raise SnapshotError(f"{path}: holds {len(records)} users, its header says {users}")
+    return records
+
+
+def iter_shard_file(path: Path, expect: ManifestFile | None = None, decode: Callable[[Any], list] = decode_records) -> Iterator[list]:
+    """Verify a shard file, then stream its records block by block (bounded memory)."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise SnapshotError(f"{path}: missing") from None
+    except OSError as exc:
+        raise SnapshotError(f"{path}: cannot read ({describe_os_error(exc)})") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        _check_size(path, size, expect)
+        header = f.read(HEADER.size)
+        users = _check_header(path, header, expect)
+        crc = zlib.crc32(header)
+        remaining = size - HEADER.size - TRAILER.size
+        while remaining:
+            chunk = f.read(min(_READ_CHUNK, remaining))
+            if not chunk:
+                raise SnapshotError(f"{path}: truncated while reading")
+            crc = zlib.crc32(chunk, crc)
+            remaining -= len(chunk)
+        _check_trailer(path, f.read(TRAILER.size), size, crc, expect)
+        f.seek(HEADER.size)
+        body = _Limited(f, size - HEADER.size - TRAILER.size)
+        seen = 0
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=False)
+            while True:
+                head = reader.read(BLOCK_LEN.size)
+                if not head:
+                    break
+                if len(head) < BLOCK_LEN.size:
+                    raise SnapshotError(f"{path}: damaged body (block header cut short)")
+                (length,) = BLOCK_LEN.unpack(head)
+                block = reader.read(length)
+                while len(block) < length:
+                    more = reader.read(length - len(block))
+                    if not more:
+                        raise SnapshotError(f"{path}: damaged body (block cut short)")
+                    block += more
+                try:
+                    items = decode(block)
+                except msgspec.DecodeError as exc:
+                    raise SnapshotError(f"{path}: damaged records ({exc})") from None
+                seen += len(items)
+                yield items
+        except zstandard.ZstdError as exc:
+            raise SnapshotError(f"{path}: damaged compressed body ({exc})") from None
+        if seen != users:
+            raise SnapshotError(f"{path}: holds {seen} users, its header says {users}")
+
+
+class _Limited:
+    """A read-only view of the next ``limit`` bytes of a file (the zstd body)."""
+
+    def __init__(self, f: Any, limit: int) -> None:
+        self._f, self._left = f, limit
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self._left:
+            n = self._left
+        data = self._f.read(n)
+        self._left -= len(data)
+        return data
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def _safe_file_name(manifest_path: Path, name: str) -> Path:
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or os.path.isabs(name):
+        raise SnapshotError(f"{manifest_path}: names a file outside its own directory: {name!r}")
+    return manifest_path.parent / name
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Read and check a manifest (not yet the files it names)."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SnapshotError(f"{path}: no snapshot there (the manifest is missing)") from None
+    except IsADirectoryError:
+        raise SnapshotError(f"{path}: is a directory, not a snapshot manifest") from None
+    except OSError as exc:
+        raise SnapshotError(f"{path}: cannot read the manifest ({describe_os_error(exc)})") from None
+    try:
+        loose = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise SnapshotError(f"{path}: damaged manifest (not valid JSON: {exc})") from None
+    if not isinstance(loose, dict) or loose.get("format") != FORMAT_NAME:
+        raise SnapshotError(f"{path}: not a {FORMAT_NAME} manifest")
+    version = loose.get("version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise SnapshotError(f"{path}: format version {version} is newer than this library reads ({FORMAT_VERSION})")
+    try:
+        manifest = msgspec.convert(loose, Manifest, strict=True)
+    except msgspec.ValidationError as exc:
+        raise SnapshotError(f"{path}: damaged manifest ({exc})") from None
+    if manifest.version < 1:
+        raise SnapshotError(f"{path}: damaged manifest (version {manifest.version})")
+    if manifest.shards < 1 or len(manifest.files) != manifest.shards:
+        raise SnapshotError(f"{path}: damaged manifest ({len(manifest.files)} files for {manifest.shards} shards)")
+    if sorted(f.shard for f in manifest.files) != list(range(manifest.shards)):
+        raise SnapshotError(f"{path}: damaged manifest (shard numbers are not 0..{manifest.shards - 1})")
+    if sum(f.users for f in manifest.files) != manifest.users:
+        raise SnapshotError(f"{path}: damaged manifest (file user counts do not add up to {manifest.users})")
+    for entry in manifest.files:
+        _safe_file_name(path, entry.name)
+    return manifest
+
+
+def manifest_files(path: Path, manifest: Manifest) -> list[tuple[Path, ManifestFile]]:
+    """The files a manifest names, checked to exist with the recorded size."""
+    out = []
+    for entry in sorted(manifest.files, key=lambda f: f.shard):
+        file_path = _safe_file_name(path, entry.name)
+        try:
+            size = file_path.stat().st_size
+        except FileNotFoundError:
+            raise SnapshotError(f"{file_path}: missing (named by {path})") from None
+        except OSError as exc:
+            raise SnapshotError(f"{file_path}: cannot read ({describe_os_error(exc)})") from None
+        _check_size(file_path, size, entry)
+        out.append((file_path, entry))
+    return out
+
+
+def build_manifest(generation: int, shards: int, files: list[ManifestFile]) -> Manifest:
+    now = time.time()
+    created = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    files = sorted(files, key=lambda f: f.shard)
+    return Manifest(
+        format=FORMAT_NAME,
+        version=FORMAT_VERSION,
+        generation=generation,
+        created=created,
+        shards=shards,
+        hash=HASH_SCHEME,
+        users=sum(f.users for f in files),
+        files=files,
+    )
+
+
+def commit_manifest(path: Path, manifest: Manifest, token: str, mode: int, keep: int) -> None:
+    """Make ``manifest`` the snapshot at ``path`` atomically, then drop old generations."""
+    directory = path.parent
+    data = json.dumps(msgspec.to_builtins(manifest), indent=2).encode() + b"\n"
+    numbered = directory / _numbered_manifest_name(path.name, manifest.generation, token)
+    tmp = directory / f".{path.name}.{token}.tmp"
+    try:
+        write_bytes_durably(numbered, data, mode)
+        write_bytes_durably(tmp, data, mode)
+        os.replace(tmp, path)
+        fsync_dir(directory)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        _remove_quietly(numbered)
+        raise SnapshotError(f"{path}: cannot write the manifest ({describe_os_error(exc)})") from None
+    remove_old_generations(path, keep)
+
+
+def remove_old_generations(path: Path, keep: int) -> list[str]:
+    """Keep the newest ``keep`` committed generations; remove older ones and crash leftovers."""
+    pattern = _file_pattern(path.name)
+    groups: dict[tuple[int, str], list[str]] = {}
+    committed: set[tuple[int, str]] = set()
+    for name in os.listdir(path.parent):
+        match = pattern.match(name)
+        if match:
+            key = (int(match.group(1)), match.group(2))
+            groups.setdefault(key, []).append(name)
+            if match.group(3) == "manifest":
+                committed.add(key)
+    kept = set(sorted(committed, reverse=True)[:keep])
+    try:  # whatever the live manifest names is never removed
+        for entry in read_manifest(path).files:
+            match = pattern.match(entry.name)
+            if match:
+                kept.add((int(match.group(1)), match.group(2)))
+    except SnapshotError:
+        pass
+    removed = []
+    for key, names in groups.items():
+        if key not in kept:
+            for name in names:
+                _remove_quietly(path.parent / name)
+                removed.append(name)
+    return removed
+
+
+def cleanup_failed_save(path: Path, generation: int, token: str) -> None:
+    """Remove whatever a failed save at ``generation``/``token`` left behind."""
+    prefix = f"{path.name}.g{generation:08d}-{token}."
+    for name in os.listdir(path.parent):
+        if name.startswith(prefix):
+            _remove_quietly(path.parent / name)
+
+
+# ---------------------------------------------------------------- backup
+
+
+def backup_snapshot(src: Path, dst: Path, mode: int, keep: int) -> Manifest:
+    """An independent copy of the snapshot at ``src``: hard links where possible, copies elsewhere."""
+    src, dst = Path(src), Path(dst)
+    manifest = read_manifest(src)
+    files = manifest_files(src, manifest)
+    if not dst.parent.is_dir():
+        raise SnapshotError(f"{dst}: the directory {dst.parent} does not exist")
+    if dst.resolve() == src.resolve():
+        raise SnapshotError(f"{dst}: a backup must not replace the snapshot it copies")
+    generation = next_generation(dst)
+    token = new_token()
+    new_files = []
+    try:
+        for file_path, entry in files:
+            target = dst.parent / shard_file_name(dst.name, generation, token, entry.shard)
+            try:
+                os.link(file_path, target)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                _copy_durably(file_path, target, mode)
+            new_files.append(msgspec.structs.replace(entry, name=target.name))
+        fsync_dir(dst.parent)
+    except OSError as exc:
+        cleanup_failed_save(dst, generation, token)
+        raise SnapshotError(f"{dst}: backup failed ({describe_os_error(exc)})") from None
+    copy = msgspec.structs.replace(manifest, generation=generation, files=new_files)
+    commit_manifest(dst, copy, token, mode, keep)
+    return copy
+
+
+def _copy_durably(src: Path, dst: Path, mode: int) -> None:
+    fd = _create(dst, mode)
+    try:
+        with open(src, "rb") as f_in, os.fdopen(fd, "wb", closefd=False) as f_out:
+            shutil.copyfileobj(f_in, f_out, _READ_CHUNK)
+            f_out.flush()
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _remove_quietly(dst)
+        raise
+    os.close(fd)
+
+
+def verify_snapshot(path: Path) -> Manifest:
+    """Read every file the manifest names and check every checksum and count."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    for file_path, entry in manifest_files(path, manifest):
+        for _ in iter_shard_file(file_path, entry):
+            pass
+    return manifest

@@ -1,0 +1,1 @@
+"""What runs inside a shard worker process (installed as ``pydbms_shard.workers``)."""

@@ -1,0 +1,175 @@
+"""One shard's users and their indexes: plain Python, testable without any process.
+
+``by_id`` maps the 16 ID bytes to the immutable :class:`Record`. ``by_name`` maps a name to
+its one ID (``bytes``); only a name that repeats widens to a tuple of IDs, and past
+``_TUPLE_MAX`` to a set. A set per name would cost ~250 bytes per user; this costs ~30.
+"""
+
+from __future__ import annotations
+
+from itertools import compress
+from operator import attrgetter
+from typing import Iterable
+
+from pydbms_shard.codec import Record
+
+_TUPLE_MAX = 8
+_ids = attrgetter("id")
+_names = attrgetter("name")
+
+IdGroup = bytes | tuple[bytes, ...] | set[bytes]
+
+
+def _group_ids(group: IdGroup) -> Iterable[bytes]:
+    return (group,) if type(group) is bytes else group
+
+
+class Partition:
+    """A shard's users: every method is one batch, applied item by item in order."""
+
+    __slots__ = ("by_id", "by_name")
+
+    def __init__(self, records: list[Record] | None = None) -> None:
+        self.by_id: dict[bytes, Record] = {}
+        self.by_name: dict[str, IdGroup] = {}
+        if records:
+            self._build(records)
+
+    def _build(self, records: list[Record]) -> None:
+        by_id = dict(zip(map(_ids, records), records))
+        values = list(by_id.values())
+        by_name = dict(zip(map(_names, values), map(_ids, values)))
+        if len(by_name) != len(by_id):  # some names repeat: index them one by one
+            by_name = {}
+            for record in values:
+                self._index(by_name, record.name, record.id)
+        self.by_id, self.by_name = by_id, by_name
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    # ---------------------------------------------------------- name index
+
+    @staticmethod
+    def _index(by_name: dict[str, IdGroup], name: str, id_: bytes) -> None:
+        group = by_name.get(name)
+        if group is None:
+            by_name[name] = id_
+        elif type(group) is bytes:
+            by_name[name] = (group, id_)
+        elif type(group) is tuple:
+            by_name[name] = group + (id_,) if len(group) < _TUPLE_MAX else {*group, id_}
+        else:
+            group.add(id_)
+
+    def _unindex(self, name: str, id_: bytes) -> None:
+        group = self.by_name.get(name)
+        if group is None:
+            return
+        if type(group) is bytes:
+            if group == id_:
+                del self.by_name[name]
+        elif type(group) is tuple:
+            rest = tuple(x for x in group if x != id_)
+            self.by_name[name] = rest[0] if len(rest) == 1 else rest
+        else:
+            group.discard(id_)
+            if len(group) == 1:
+                self.by_name[name] = next(iter(group))
+
+    # ---------------------------------------------------------- writes
+
+    def add(self, records: list[Record]) -> int:
+        """Insert each record whose ID is new; an ID already stored is skipped."""
+        by_id, by_name, index = self.by_id, self.by_name, self._index
+        added = 0
+        for record in records:
+            id_ = record.id
+            if id_ in by_id:
+                continue
+            by_id[id_] = record
+            name = record.name
+            if name in by_name:
+                index(by_name, name, id_)
+            else:
+                by_name[name] = id_
+            added += 1
+        return added
+
+    def upsert(self, records: list[Record]) -> int:
+        """Insert or replace; returns how many were new. A replaced record leaves no trace."""
+        by_id, by_name, index = self.by_id, self.by_name, self._index
+        inserted = 0
+        for record in records:
+            id_ = record.id
+            old = by_id.get(id_)
+            if old is None:
+                inserted += 1
+            elif old.name != record.name:
+                self._unindex(old.name, id_)
+            else:
+                by_id[id_] = record
+                continue
+            by_id[id_] = record
+            index(by_name, record.name, id_)
+        return inserted
+
+    def remove(self, ids: list[bytes], names: list[str]) -> list[bytes]:
+        """Remove by ID, then every user with each name; returns the IDs removed."""
+        by_id, removed = self.by_id, []
+        for id_ in ids:
+            record = by_id.pop(id_, None)
+            if record is not None:
+                self._unindex(record.name, id_)
+                removed.append(id_)
+        by_name = self.by_name
+        for name in names:
+            group = by_name.pop(name, None)
+            if group is not None:
+                for id_ in _group_ids(group):
+                    del by_id[id_]
+                    removed.append(id_)
+        return removed
+
+    def clear(self) -> None:
+        self.by_id = {}
+        self.by_name = {}
+
+    # ---------------------------------------------------------- reads
+
+    def get(self, ids: list[bytes]) -> list[Record | None]:
+        return list(map(self.by_id.get, ids))
+
+    def contains(self, ids: list[bytes]) -> bytes:
+        """One byte per ID: 1 when stored."""
+        return bytes(map(self.by_id.__contains__, ids))
+
+    def names_present(self, names: list[str]) -> bytes:
+        return bytes(map(self.by_name.__contains__, names))
+
+    def find(self, ids: list[bytes], names: list[str]) -> tuple[list[int], list[Record]]:
+        """Matches for ID queries then name queries, as (query number, record) pairs.
+
+        Query numbers count the IDs first, then the names; they come out in increasing order.
+        """
+        by_id = self.by_id
+        found = list(map(by_id.get, ids))
+        hits = list(compress(range(len(ids)), found))
+        records = [r for r in found if r is not None]
+        offset = len(ids)
+        for k, name in enumerate(names):
+            group = self.by_name.get(name)
+            if group is None:
+                continue
+            if type(group) is bytes:
+                hits.append(offset + k)
+                records.append(by_id[group])
+            else:
+                for id_ in group:
+                    hits.append(offset + k)
+                    records.append(by_id[id_])
+        return hits, records
+
+    def values(self) -> list[Record]:
+        """A cut: records are immutable, so a list of references is a consistent snapshot."""
+        return list(self.by_id.values())
