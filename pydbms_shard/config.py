@@ -42,6 +42,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
             data = {}
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: the settings must be a mapping of keys to values, got {type(data).__name__}")
+        bad = [key for key in data if not isinstance(key, str)]
+        if bad:
+            raise ConfigError(f"{source}: unknown key {bad[0]!r} (keys are strings such as 'shards')")
         try:
             return msgspec.convert(data, cls, strict=True)
         except msgspec.ValidationError as exc:
@@ -59,7 +62,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         return cls.from_mapping(data, source=str(path))
 
-    def replace(self, source: str = "overrides", **changes: Any) -> Config:
+    def replace(self, source: str = "overrides", /, **changes: Any) -> Config:
         """A copy with ``changes`` applied, validated like a file."""
         merged = msgspec.structs.asdict(self)
         merged.update(changes)

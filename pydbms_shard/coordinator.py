@@ -396,15 +396,12 @@ class DataBase:
         return len(self)
 
     def __iter__(self) -> Iterator[User]:
-        """Every user, streamed shard by shard in chunks, as of the moment iteration starts."""
+        """Every user, streamed shard by shard in chunks, as of the first ``next()``."""
         token = next(self._scan_tokens)
         with self._lock:
             if self._closed:
                 raise ClosedError("this DataBase is closed")
             counts = [decode_any(c) for c in self._all("scan_open", token)]
-        return self._scan(token, counts)
-
-    def _scan(self, token: int, counts: list[int]) -> Iterator[User]:
         chunk = self.config.iter_chunk_size
         try:
             for shard, count in enumerate(counts):
@@ -418,7 +415,7 @@ class DataBase:
                     with gc_paused():
                         users = decode_users(reply)
                     yield from users
-        finally:
+        finally:  # also when the loop stops early or the iterator is dropped
             with self._lock:
                 if not self._closed:
                     try:

@@ -24,7 +24,7 @@ class ConfigError(PydbmsError, ValueError):
 
 
 class ShardError(PydbmsError):
-    """A shard worker process died, hung or failed; the message names the shard."""
+    """A shard worker process died or failed; the message names the shard."""
 
     def __init__(self, shard: int, message: str) -> None:
         super().__init__(f"shard {shard}: {message}")

@@ -43,6 +43,8 @@ def generate_users(n: int, seed: int | None = None) -> list[User]:
         raise PydbmsValueError(f"n must not be negative, got {n}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise PydbmsTypeError(f"seed must be an int or None, got {type(seed).__name__}: {seed!r}")
+    if seed is not None and seed < 0:
+        raise PydbmsValueError(f"seed must not be negative, got {seed}")
     rng = np.random.default_rng(seed)
     records = np.empty((n, _RECORD), dtype=np.uint8)
     records[:, 0] = 0x94

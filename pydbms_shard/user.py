@@ -29,13 +29,24 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _check_text(text: str, field: str) -> str:
+    """Reject strings that cannot be stored as UTF-8 (lone surrogates)."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PydbmsValueError(f"{field} must be valid Unicode text (no lone surrogates), got {_short(text)}") from None
+    return text
+
+
 def check_name(name: Any) -> str:
     if type(name) is not str:
         if not isinstance(name, str):
             raise PydbmsTypeError(f"User.name must be a str, got {type(name).__name__}: {_short(name)}")
         name = str(name)
     if not name:
-        raise PydbmsValueError("User.name must not be empty")
+        raise PydbmsValueError(f"User.name must not be empty, got {name!r}")
+    _check_text(name, "User.name")
     if len(name) > MAX_NAME_LENGTH:
         raise PydbmsValueError(
             f"User.name must be at most {MAX_NAME_LENGTH} characters, got {len(name)}: {_short(name)}"
@@ -69,9 +80,13 @@ def _copy_json(value: Any, path: str, depth: int) -> Any:
     """A private deep copy of a JSON-compatible value, rejecting anything else."""
     if depth > MAX_EXTRAS_DEPTH:
         raise PydbmsValueError(f"{path} is nested deeper than {MAX_EXTRAS_DEPTH} levels")
-    if value is None or isinstance(value, (str, bool)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return _check_text(str(value), path)
     if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise PydbmsValueError(f"{path} must fit in 64 bits, got {_short(value)}")
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -82,6 +97,7 @@ def _copy_json(value: Any, path: str, depth: int) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise PydbmsTypeError(f"{path} keys must be str, got {type(key).__name__}: {_short(key)}")
+            _check_text(key, f"{path} key")
             out[str(key)] = _copy_json(item, f"{path}[{key!r}]", depth + 1)
         return out
     if isinstance(value, (list, tuple)):

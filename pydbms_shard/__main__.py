@@ -1,0 +1,5 @@
+"""``python -m pydbms_shard`` is the ``pydbms`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

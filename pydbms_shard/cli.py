@@ -1,0 +1,321 @@
+"""The ``pydbms`` command: snapshots from the shell. Thin: every step is a library call.
+
+Exit codes: 0 success; 1 ``verify`` found damage, or ``get``/``find`` found nothing for some
+item; 2 bad command line or argument; 3 bad config; 4 snapshot missing, damaged or unwritable; 5 a bad
+line in an imported file; 6 any other pydbms error (e.g. a shard worker died); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from . import snapshot
+from .config import Config, load_config
+from .coordinator import DataBase
+from .errors import ConfigError, ImportFileError, PydbmsError, SnapshotError, ValidationError
+from .generate import generate_users
+from .persistence import convert_file, read_user_lines
+
+EXIT_OK, EXIT_FOUND_PROBLEM, EXIT_USAGE, EXIT_CONFIG, EXIT_SNAPSHOT, EXIT_IMPORT, EXIT_OTHER = 0, 1, 2, 3, 4, 5, 6
+EXIT_INTERRUPTED = 130
+PROGRESS_THRESHOLD = 100_000
+_ADD_CHUNK = 100_000
+
+
+class CommandError(Exception):
+    """A problem to report in one line with an exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CommandError(f"{self.prog}: {message} (see --help)", EXIT_USAGE)
+
+
+# ---------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A tqdm bar on a terminal for work of PROGRESS_THRESHOLD users or more; nothing otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.enabled = not quiet and sys.stderr.isatty()
+
+    @contextmanager
+    def bar(self, total: int, desc: str) -> Iterator[Callable[[int], None]]:
+        if not self.enabled or total < PROGRESS_THRESHOLD:
+            yield lambda n: None
+            return
+        from tqdm import tqdm
+
+        with tqdm(total=total, desc=desc, unit=" users", unit_scale=True, file=sys.stderr, leave=False) as bar:
+            yield bar.update
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "shards", None) is not None:
+        overrides["shards"] = args.shards
+    return load_config(args.config, overrides)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _shard_count(text: str) -> int:
+    value = _positive(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected at least 1 shard")
+    return value
+
+
+def _save_with_progress(db: DataBase, path: Path, users: int, progress: _Progress) -> None:
+    with progress.bar(users, "saving") as advance:
+        db.save(path)
+        advance(users)
+
+
+def _load_with_progress(db: DataBase, path: Path, progress: _Progress) -> int:
+    users = snapshot.read_manifest(path).users
+    with progress.bar(users, "loading") as advance:
+        db.load(path)
+        advance(users)
+    return users
+
+
+def _add_with_progress(db: DataBase, users: list, progress: _Progress, desc: str) -> int:
+    added = 0
+    with progress.bar(len(users), desc) as advance:
+        if len(users) < PROGRESS_THRESHOLD or not progress.enabled:
+            return db.add_users(users)
+        for start in range(0, len(users), _ADD_CHUNK):
+            chunk = users[start : start + _ADD_CHUNK]
+            added += db.add_users(chunk)
+            advance(len(chunk))
+    return added
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def cmd_generate(args: argparse.Namespace, progress: _Progress) -> int:
+    path = Path(args.path)
+    users = generate_users(args.n, seed=args.seed)
+    with DataBase(_config(args)) as db:
+        _add_with_progress(db, users, progress, "adding")
+        _save_with_progress(db, path, len(users), progress)
+    print(f"{args.n:,} users saved to {path}")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace, progress: _Progress) -> int:
+    path = Path(args.path)
+    m = snapshot.read_manifest(path)
+    total_bytes = sum(f.bytes for f in m.files)
+    rows = [
+        ("snapshot", str(path)),
+        ("format", f"{m.format} version {m.version}"),
+        ("generation", str(m.generation)),
+        ("created", m.created),
+        ("shards", f"{m.shards} (hash {m.hash})"),
+        ("users", f"{m.users:,}"),
+        ("bytes", f"{total_bytes:,}"),
+    ]
+    for key, value in rows:
+        print(f"{key:<12}{value}")
+    print()
+    print(f"{'shard':>5}  {'users':>12}  {'bytes':>14}  {'crc32':<8}  file")
+    for f in sorted(m.files, key=lambda f: f.shard):
+        print(f"{f.shard:>5}  {f.users:>12,}  {f.bytes:>14,}  {f.crc32:<8}  {f.name}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace, progress: _Progress) -> int:
+    path = Path(args.path)
+    try:
+        m = snapshot.read_manifest(path)
+        with progress.bar(m.users, "verifying") as advance:
+            for file_path, entry in snapshot.manifest_files(path, m):
+                for block in snapshot.iter_shard_file(file_path, entry):
+                    advance(len(block))
+    except SnapshotError as exc:
+        print(f"pydbms verify: DAMAGED: {exc}", file=sys.stderr)
+        return EXIT_FOUND_PROBLEM
+    print(f"{path}: sound ({m.users:,} users in {m.shards} files, every checksum and count verified)")
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace, progress: _Progress) -> int:
+    users = snapshot.read_manifest(Path(args.src)).users
+    with progress.bar(users, "converting") as advance:
+        written = convert_file(args.src, args.dst, format=args.format, progress=advance)
+    print(f"{written:,} users written to {args.dst} ({args.format})")
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace, progress: _Progress) -> int:
+    path = Path(args.path)
+    src = Path(args.src)
+    size = src.stat().st_size if src.exists() else 0
+    with progress.bar(size // 80, "reading") as advance:  # ~80 bytes a line: a rough total
+        users = read_user_lines(src, progress=advance)
+    with DataBase(_config(args)) as db:
+        if path.exists():
+            _load_with_progress(db, path, progress)
+        added = _add_with_progress(db, users, progress, "adding")
+        total = len(db)
+        _save_with_progress(db, path, total, progress)
+    print(f"{added:,} users imported from {src} ({len(users) - added:,} already present); {total:,} in {path}")
+    return EXIT_OK
+
+
+def cmd_get(args: argparse.Namespace, progress: _Progress) -> int:
+    with DataBase(_config(args)) as db:
+        _load_with_progress(db, Path(args.path), progress)
+        found = db.get_many(args.ids)
+    missing = [i for i, user in zip(args.ids, found) if user is None]
+    for user in found:
+        if user is not None:
+            sys.stdout.write(user.to_json().decode() + "\n")
+    for item in missing:
+        print(f"pydbms get: not found: {item}", file=sys.stderr)
+    return EXIT_FOUND_PROBLEM if missing else EXIT_OK
+
+
+def cmd_find(args: argparse.Namespace, progress: _Progress) -> int:
+    with DataBase(_config(args)) as db:
+        _load_with_progress(db, Path(args.path), progress)
+        missing = []
+        for name in args.names:
+            users = db.find_by_name(name)
+            for user in users:
+                sys.stdout.write(user.to_json().decode() + "\n")
+            if not users:
+                missing.append(name)
+    for name in missing:
+        print(f"pydbms find: no user named {name!r}", file=sys.stderr)
+    return EXIT_FOUND_PROBLEM if missing else EXIT_OK
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pydbms",
+        description="pydbms-shard from the shell: make, inspect, verify, convert and query snapshots.",
+        epilog="Exit codes: 0 ok; 1 verify found damage or get/find found nothing for an item; 2 bad command "
+        "line or argument; 3 bad config; 4 snapshot missing/damaged/unwritable; 5 bad line in an imported file; "
+        "6 other error; 130 interrupted.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, help: str, engine: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        if engine:
+            p.add_argument("--config", metavar="FILE", help="YAML settings (see config/default.yaml)")
+            p.add_argument("--shards", type=_shard_count, metavar="N", help="number of shard processes")
+        return p
+
+    p = command("generate", "N random users saved as a snapshot at PATH (the manifest)", engine=True)
+    p.add_argument("n", type=_positive, metavar="N", help="how many users")
+    p.add_argument("path", metavar="PATH", help="manifest path, e.g. users_db.json")
+    p.add_argument("--seed", type=int, help="random seed: the same seed gives the same users")
+    p.set_defaults(run=cmd_generate)
+
+    p = command("info", "the manifest as a readable table")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(run=cmd_info)
+
+    p = command("verify", "read every file, check every checksum and count (exit 1 when damaged)")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(run=cmd_verify)
+
+    p = command("convert", "write a snapshot as readable JSON lines or the original's text lines")
+    p.add_argument("src", metavar="SRC", help="snapshot manifest")
+    p.add_argument("dst", metavar="DST", help="readable file to write")
+    p.add_argument("--format", choices=["jsonl", "text"], default="jsonl")
+    p.set_defaults(run=cmd_convert)
+
+    p = command("import", "JSON lines or an original pyDBMS save file into the snapshot at PATH (added to it if it exists)", engine=True)
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(run=cmd_import)
+
+    p = command("get", "load PATH and print the users with these IDs as JSON lines", engine=True)
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.set_defaults(run=cmd_get)
+
+    p = command("find", "load PATH and print the users with these names as JSON lines", engine=True)
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.set_defaults(run=cmd_find)
+
+    p = sub.add_parser("bench", help="the reference-workload benchmark (same as scripts/bench; see `pydbms bench --help`)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(run=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["bench"]:
+            from .bench.run import main as bench_main
+
+            return bench_main(argv[1:])
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return EXIT_USAGE
+        return args.run(args, _Progress(args.quiet))
+    except CommandError as exc:
+        return _fail(str(exc), exc.code)
+    except ConfigError as exc:
+        return _fail(f"bad config: {exc}", EXIT_CONFIG)
+    except SnapshotError as exc:
+        return _fail(str(exc), EXIT_SNAPSHOT)
+    except ImportFileError as exc:
+        return _fail(str(exc), EXIT_IMPORT)
+    except ValidationError as exc:
+        return _fail(f"bad argument: {exc}", EXIT_USAGE)
+    except PydbmsError as exc:
+        return _fail(str(exc), EXIT_OTHER)
+    except FileNotFoundError as exc:
+        return _fail(f"{exc.filename}: no such file", EXIT_SNAPSHOT)
+    except OSError as exc:
+        return _fail(f"{exc.filename or ''}: {exc.strerror or exc}", EXIT_SNAPSHOT)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+def _fail(message: str, code: int) -> int:
+    message = " ".join(str(message).split())  # one line, whatever the message held
+    print(message if message.startswith("pydbms") else f"pydbms: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
