@@ -44,7 +44,7 @@ log = logging.getLogger("pydbms_shard")
 
 _ID = attrgetter("ID")
 _EMPTY_LIST = encode([])
-_SNAP_POLL_SECONDS = 0.05
+_SNAP_POLL_SECONDS = 0.005
 
 
 class _Batch:
@@ -453,7 +453,7 @@ class DataBase:
         path = self._snapshot_path(path)
         if not path.parent.is_dir():
             raise SnapshotError(f"{path}: the directory {path.parent} does not exist")
-        with self._save_lock:
+        with self._save_lock, snapshot.writer_lock(path):
             generation, token = snapshot.next_generation(path), snapshot.new_token()
             n = len(self._shards)
             level, mode = self.config.compression_level, self.config.file_mode_bits
@@ -463,41 +463,48 @@ class DataBase:
                     if self._closed:
                         raise ClosedError("this DataBase is closed")
                     started = time.perf_counter()
-                    exchange(self._shards, [encode(["snap_begin", str(names[s]), level, mode]) for s in range(n)])
+                    begun = exchange(
+                        self._shards, [encode(["snap_begin", str(names[s]), level, mode]) for s in range(n)], return_exceptions=True
+                    )
                     changes_in_cut = self._dirty
                     self.last_save_hold_seconds = time.perf_counter() - started
-                entries = self._wait_for_writers(n)
+                failures = [f"{exc}" for exc in begun if isinstance(exc, Exception)]
+                writing = {s for s in range(n) if not isinstance(begun[s], Exception)}
+                entries = self._wait_for_writers(path, writing, failures)
                 manifest = snapshot.build_manifest(generation, n, entries)
                 snapshot.commit_manifest(path, manifest, token, mode, self.config.keep_generations)
-            except (ShardError, ShardFailure) as exc:
-                snapshot.cleanup_failed_save(path, generation, token)
-                raise SnapshotError(f"{path}: save failed: {exc}") from None
             except BaseException:
-                snapshot.cleanup_failed_save(path, generation, token)
+                snapshot.cleanup_failed_save(path, generation, token)  # never what the live manifest names
                 raise
             with self._lock:
                 self._dirty = max(0, self._dirty - changes_in_cut)
             return manifest
 
-    def _wait_for_writers(self, n: int) -> list[snapshot.ManifestFile]:
-        pending = set(range(n))
-        entries, failures = [], []
+    def _wait_for_writers(self, path: Path, pending: set[int], failures: list[str]) -> list[snapshot.ManifestFile]:
+        """Poll the shards' writers (the lock is held only for each quick poll) until every one
+        has finished, also after one failed, so none still creates files at clean-up."""
+        n = len(self._shards)
+        entries = []
         while pending:
             with self._lock:
-                messages = [encode(["snap_wait", _SNAP_POLL_SECONDS]) if s in pending else None for s in range(n)]
-                replies = exchange(self._shards, messages)
-            for shard in list(pending):
-                result = decode_any(replies[shard])
+                messages = [encode(["snap_wait", 0]) if s in pending else None for s in range(n)]
+                replies = exchange(self._shards, messages, return_exceptions=True)
+            for shard in sorted(pending):
+                reply = replies[shard]
+                result = reply if isinstance(reply, Exception) else decode_any(reply)
                 if result is None:
-                    continue
+                    continue  # still writing
                 pending.discard(shard)
-                ok, detail = result
-                if ok:
-                    entries.append(snapshot.ManifestFile(**detail))
+                if isinstance(result, Exception):
+                    failures.append(str(result))
+                elif result[0]:
+                    entries.append(snapshot.ManifestFile(**result[1]))
                 else:
-                    failures.append(f"shard {shard}: {detail}")
+                    failures.append(f"shard {shard}: {result[1]}")
+            if pending:
+                time.sleep(_SNAP_POLL_SECONDS)
         if failures:
-            raise SnapshotError("save failed: " + "; ".join(failures))
+            raise SnapshotError(f"{path}: save failed: " + "; ".join(failures))
         return entries
 
     def load(self, path: str | os.PathLike[str] | None = None) -> snapshot.Manifest:
@@ -526,8 +533,14 @@ class DataBase:
                 raise SnapshotError(f"load of {path} failed: {detail}") from None
             self._all("load_commit")
             self._cache.clear()
-            self._dirty = 0
+            # unchanged only relative to this file: autosave to another path must still write
+            self._dirty = 0 if path == self._autosave_target() else max(1, manifest.users)
         return manifest
+
+    def _autosave_target(self) -> Path | None:
+        if self._autosaver is not None:
+            return self._autosaver.path
+        return Path(self.config.snapshot_path).absolute() if self.config.snapshot_path else None
 
     def backup(self, path: str | os.PathLike[str], source: str | os.PathLike[str] | None = None) -> snapshot.Manifest:
         """An independent copy of the last saved snapshot (``source``, default snapshot_path)."""

@@ -38,8 +38,10 @@ def convert_file(
     dst: str | os.PathLike[str],
     format: Literal["jsonl", "text"] = "jsonl",
     progress: Progress | None = None,
+    mode: int = 0o600,
 ) -> int:
-    """Write the snapshot at ``src`` as readable lines to ``dst``; returns the user count."""
+    """Write the snapshot at ``src`` as readable lines to ``dst`` (created with ``mode``: it
+    holds the same personal data); returns the user count."""
     if format not in ("jsonl", "text"):
         raise PydbmsValueError(f"format must be 'jsonl' or 'text', got {format!r}")
     src, dst = Path(src), Path(dst)
@@ -50,7 +52,7 @@ def convert_file(
     tmp = dst.with_name(f".{dst.name}.{snapshot.new_token()}.tmp")
     written = 0
     try:
-        with open(tmp, "wb") as out:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as out:
             for file_path, entry in files:
                 for users in snapshot.iter_shard_file(file_path, entry, decode=decode_users):
                     out.write(_render(users, format))

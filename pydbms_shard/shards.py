@@ -118,11 +118,12 @@ class ShardFailure(Exception):
         self.shard, self.kind, self.message = shard, kind, message
 
 
-def exchange(handles: Sequence[ShardHandle], messages: Sequence[bytes | None]) -> list[Any]:
+def exchange(handles: Sequence[ShardHandle], messages: Sequence[bytes | None], return_exceptions: bool = False) -> list[Any]:
     """Send each handle its message (None: skip), then collect every reply's result part
-    (still encoded). Raises the first ShardError or ShardFailure once all replies are in."""
+    (still encoded). Raises the first ShardError or ShardFailure once all replies are in,
+    or with ``return_exceptions`` puts each shard's exception in its place instead."""
     sent = []
-    problems: list[Exception] = []
+    results: list[Any] = [None] * len(handles)
     for handle, message in zip(handles, messages):
         if message is None:
             continue
@@ -130,18 +131,19 @@ def exchange(handles: Sequence[ShardHandle], messages: Sequence[bytes | None]) -
             handle.send(message)
             sent.append(handle)
         except ShardError as exc:
-            problems.append(exc)
-    results: list[Any] = [None] * len(handles)
+            results[handle.index] = exc
     for handle in sent:
         try:
             reply = handle.recv()
         except ShardError as exc:
-            problems.append(exc)
+            results[handle.index] = exc
             continue
         if decode_any(reply[0]) is True:
             results[handle.index] = reply[1]
         else:
-            problems.append(ShardFailure(handle.index, decode_any(reply[1]), decode_any(reply[2])))
-    if problems:
-        raise problems[0]
+            results[handle.index] = ShardFailure(handle.index, decode_any(reply[1]), decode_any(reply[2]))
+    if not return_exceptions:
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
     return results

@@ -17,7 +17,9 @@ Shard file layout (all integers little-endian)::
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
+import logging
 import os
 import re
 import secrets
@@ -25,6 +27,7 @@ import shutil
 import struct
 import time
 import zlib
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
@@ -35,6 +38,8 @@ import zstandard
 from .codec import Record, decode_records, encode, gc_paused
 from .errors import SnapshotError
 from .routing import HASH_SCHEME
+
+log = logging.getLogger("pydbms_shard.snapshot")
 
 FORMAT_NAME = "pydbms-shard"
 FORMAT_VERSION = 1
@@ -108,6 +113,22 @@ def next_generation(manifest_path: Path) -> int:
 
 
 # ---------------------------------------------------------------- low-level IO
+
+
+@contextmanager
+def writer_lock(manifest_path: Path) -> Iterator[None]:
+    """One writer per snapshot path, across threads and processes: a save's clean-up must
+    never see another save's files in flight. (An advisory flock on a hidden lock file.)"""
+    lock_path = manifest_path.parent / f".{manifest_path.name}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise SnapshotError(f"{manifest_path}: cannot create its lock file ({describe_os_error(exc)})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def fsync_dir(directory: Path) -> None:
@@ -196,7 +217,7 @@ def write_shard_file(
 def _check_header(path: Path, header: bytes, expect: ManifestFile | None) -> int:
     if len(header) < HEADER.size:
         raise SnapshotError(f"{path}: truncated (no complete header)")
-    magic, version, flags, _shard, _shards, _reserved, users = HEADER.unpack(header[: HEADER.size])
+    magic, version, flags, shard, shards, _reserved, users = HEADER.unpack(header[: HEADER.size])
     if magic != FILE_MAGIC:
         raise SnapshotError(f"{path}: not a pydbms-shard snapshot file (bad magic)")
     if version > FORMAT_VERSION:
@@ -205,6 +226,10 @@ def _check_header(path: Path, header: bytes, expect: ManifestFile | None) -> int
         raise SnapshotError(f"{path}: damaged header (version {version}, flags {flags})")
     if expect is not None and users != expect.users:
         raise SnapshotError(f"{path}: header says {users} users, the manifest says {expect.users}")
+    if expect is not None and shard != expect.shard:
+        raise SnapshotError(f"{path}: holds shard {shard}, the manifest says shard {expect.shard}")
+    if shard >= shards:
+        raise SnapshotError(f"{path}: damaged header (shard {shard} of {shards})")
     return users
 
 
@@ -422,12 +447,22 @@ def commit_manifest(path: Path, manifest: Manifest, token: str, mode: int, keep:
         write_bytes_durably(numbered, data, mode)
         write_bytes_durably(tmp, data, mode)
         os.replace(tmp, path)
-        fsync_dir(directory)
     except OSError as exc:
         _remove_quietly(tmp)
         _remove_quietly(numbered)
         raise SnapshotError(f"{path}: cannot write the manifest ({describe_os_error(exc)})") from None
-    remove_old_generations(path, keep)
+    # Committed: from here on nothing undoes it (clean-up never deletes what the live manifest names).
+    try:
+        fsync_dir(directory)
+    except OSError as exc:
+        raise SnapshotError(
+            f"{path}: the new snapshot is in place, but fsync of {directory} failed ({describe_os_error(exc)}): "
+            "after a power loss the previous snapshot may come back"
+        ) from None
+    try:
+        remove_old_generations(path, keep)
+    except OSError as exc:
+        log.warning("%s: committed, but removing old generations failed (%s)", path, describe_os_error(exc))
 
 
 def remove_old_generations(path: Path, keep: int) -> list[str]:
@@ -451,6 +486,11 @@ def remove_old_generations(path: Path, keep: int) -> list[str]:
     except SnapshotError:
         pass
     removed = []
+    leftover_tmp = re.compile(r"\." + re.escape(path.name) + r"\.[0-9a-f]{8}\.tmp$")
+    for name in os.listdir(path.parent):
+        if leftover_tmp.match(name):  # a manifest temp file of a save killed before its rename
+            _remove_quietly(path.parent / name)
+            removed.append(name)
     for key, names in groups.items():
         if key not in kept:
             for name in names:
@@ -460,8 +500,15 @@ def remove_old_generations(path: Path, keep: int) -> list[str]:
 
 
 def cleanup_failed_save(path: Path, generation: int, token: str) -> None:
-    """Remove whatever a failed save at ``generation``/``token`` left behind."""
+    """Remove whatever a failed save at ``generation``/``token`` left behind, except anything
+    the live manifest names (a failure after the commit's rename must not break it)."""
     prefix = f"{path.name}.g{generation:08d}-{token}."
+    try:
+        live = {entry.name for entry in read_manifest(path).files}
+    except SnapshotError:
+        live = set()
+    if any(name.startswith(prefix) for name in live):
+        return
     for name in os.listdir(path.parent):
         if name.startswith(prefix):
             _remove_quietly(path.parent / name)
@@ -479,6 +526,11 @@ def backup_snapshot(src: Path, dst: Path, mode: int, keep: int) -> Manifest:
         raise SnapshotError(f"{dst}: the directory {dst.parent} does not exist")
     if dst.resolve() == src.resolve():
         raise SnapshotError(f"{dst}: a backup must not replace the snapshot it copies")
+    with writer_lock(dst):
+        return _backup_locked(manifest, files, dst, mode, keep)
+
+
+def _backup_locked(manifest: Manifest, files: list[tuple[Path, ManifestFile]], dst: Path, mode: int, keep: int) -> Manifest:
     generation = next_generation(dst)
     token = new_token()
     new_files = []

@@ -1,0 +1,390 @@
+"""The benchmark behind ``scripts/bench`` and ``pydbms bench``: the original's table for our
+engine at each shard count and for both references, side by side, plus results as JSON and a
+PNG chart.
+
+    python -m pydbms_shard.bench.run --users 1000000 --iterations 5 --shards 1,2,default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .workload import (
+    BATCH_ROWS,
+    DEFAULT_SEED,
+    ROWS,
+    EngineResult,
+    OursEngine,
+    make_engine,
+    run_all,
+)
+
+SCHEMA = "pydbms-bench/1"
+QUICK_USERS, QUICK_ITERATIONS, QUICK_SHARDS = 200_000, 2, "default"
+FULL_USERS, FULL_ITERATIONS, FULL_SHARDS = 1_000_000, 5, "1,2,default"
+REFERENCE = "original"  # the ratio column divides by reference (a)
+BACKUP_LIMIT_S = 0.050
+CACHED_GET_LIMIT_US, UNCACHED_GET_LIMIT_US = 5.0, 100.0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_shards(text: str) -> list[int]:
+    """``"1,2,default"`` -> ``[1, 2, cpu_count]`` without repeats, in the order given."""
+    out: list[int] = []
+    for token in text.split(","):
+        token = token.strip().lower()
+        if not token:
+            continue
+        if token == "default":
+            value = os.cpu_count() or 1
+        else:
+            try:
+                value = int(token)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"shard counts are whole numbers or 'default', got {token!r}") from None
+            if not 1 <= value <= 256:
+                raise argparse.ArgumentTypeError(f"a shard count must be between 1 and 256, got {value}")
+        if value not in out:
+            out.append(value)
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one shard count")
+    return out
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run the reference workload (shared/WORKLOAD.md) on pydbms-shard and on two references: "
+        "(a) the original pyDBMS design and (b) SQLite. Prints the original's table with a ratio column "
+        "against (a), and writes the results as JSON and a PNG chart.",
+    )
+    parser.add_argument("--users", type=_positive_int, default=None, metavar="N",
+                        help=f"users in the database (default {FULL_USERS:,}; {QUICK_USERS:,} with --quick); "
+                        "the batch rows use N/10")
+    parser.add_argument("--iterations", type=_positive_int, default=None, metavar="K",
+                        help=f"times each row runs (default {FULL_ITERATIONS}; {QUICK_ITERATIONS} with --quick)")
+    parser.add_argument("--shards", type=parse_shards, default=None, metavar="LIST",
+                        help=f"our engine's shard counts, comma-separated; 'default' is the CPU count "
+                        f"(default {FULL_SHARDS!r}; {QUICK_SHARDS!r} with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="about a minute in all: fewer users, iterations and shard counts unless given")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed of users and picks (default {DEFAULT_SEED})")
+    parser.add_argument("--output", type=Path, default=Path("bench-results"), metavar="DIR",
+                        help="where the JSON and the chart go (default bench-results/)")
+    parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr (the results still print)")
+    return parser
+
+
+# ---------------------------------------------------------------- machine and results
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": _cpu_model() or platform.processor(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        import psutil
+
+        info["memory_bytes"] = psutil.virtual_memory().total
+    except ImportError:  # pragma: no cover - psutil is a dev dependency
+        pass
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    info["git_commit"] = _git_commit()
+    return info
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    if value is None or not reference:
+        return None
+    return value / reference
+
+
+def engine_records(results: list[EngineResult]) -> list[dict[str, Any]]:
+    """Each engine's results as JSON-ready dicts, every row with ``ratio`` (avg / reference (a)'s avg)."""
+    reference = next((r for r in results if r.engine["key"] == REFERENCE), None)
+    ref_rows = reference.rows() if reference else {}
+    ref_mem = (reference.memory or {}).get("bytes_per_user") if reference else None
+    records = []
+    for result in results:
+        record = result.to_dict()
+        for row, stats in record["rows"].items():
+            stats["ratio"] = _ratio(stats["avg"], ref_rows.get(row, {}).get("avg"))
+            stats["median_ratio"] = _ratio(stats["median"], ref_rows.get(row, {}).get("median"))
+        if result.memory:
+            record["memory"]["ratio"] = _ratio(result.memory.get("bytes_per_user"), ref_mem)
+        records.append(record)
+    return records
+
+
+def target_engine(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Our engine at the default shard count, else the largest shard count measured."""
+    ours = [r for r in records if r["engine"]["kind"] == "ours"]
+    if not ours:
+        return None
+    defaults = [r for r in ours if r["engine"].get("default")]
+    return defaults[0] if defaults else max(ours, key=lambda r: r["engine"]["shards"])
+
+
+def evaluate_targets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 4's targets, on medians of the same run, for our engine at the default shard count."""
+    ours = target_engine(records)
+    by_key = {r["engine"]["key"]: r for r in records}
+    original, sqlite = by_key.get("original"), by_key.get("sqlite")
+    if ours is None:
+        return []
+    targets: list[dict[str, Any]] = []
+
+    def add(name: str, measured: float | None, limit: float | None, unit: str, strict: bool = False) -> None:
+        if measured is None or limit is None:
+            met = None
+        else:
+            met = measured < limit if strict else measured <= limit
+        targets.append({"target": name, "engine": ours["engine"]["key"], "measured": measured, "limit": limit, "unit": unit, "met": met})
+
+    def median(record: dict[str, Any] | None, row: str) -> float | None:
+        return record["rows"][row]["median"] if record else None
+
+    for row in BATCH_ROWS:
+        add(f"{row} <= reference (a)", median(ours, row), median(original, row), "s")
+        limit = median(sqlite, row)
+        add(f"{row} <= 1/3 of SQLite", median(ours, row), None if limit is None else limit / 3, "s")
+    limit = median(original, "Save Database")
+    add("Save Database <= 1/8 of reference (a)", median(ours, "Save Database"), None if limit is None else limit / 8, "s")
+    limit = median(original, "Load Database")
+    add("Load Database <= 1/10 of reference (a)", median(ours, "Load Database"), None if limit is None else limit / 10, "s")
+    add("Backup Database < 50 ms", median(ours, "Backup Database"), BACKUP_LIMIT_S, "s", strict=True)
+    add(
+        "memory per user <= reference (a)",
+        (ours.get("memory") or {}).get("bytes_per_user"),
+        ((original or {}).get("memory") or {}).get("bytes_per_user"),
+        "bytes",
+    )
+    gets = ours.get("get_us") or {}
+    add("cached get < 5 us (median)", gets.get("cached_median"), CACHED_GET_LIMIT_US, "us", strict=True)
+    add("uncached get < 100 us (median)", gets.get("uncached_median"), UNCACHED_GET_LIMIT_US, "us", strict=True)
+    return targets
+
+
+# ---------------------------------------------------------------- printing
+
+
+def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def format_table(record: dict[str, Any]) -> str:
+    """The original's table for one engine, with a ratio column against reference (a)."""
+    lines = [
+        f"{'Operation':<26}{'Count(Users)':>14}{'Avg(s)':>10}{'Min(s)':>10}{'Max(s)':>10}{'StdDev':>10}{'vs (a)':>10}",
+        "_" * 90,
+    ]
+    for row in ROWS:
+        s = record["rows"][row]
+        ratio = "-" if s.get("ratio") is None else f"{s['ratio']:.2f}x"
+        lines.append(
+            f"{row:<26}{s['count']:>14,}{s['avg']:>10.4f}{s['min']:>10.4f}{s['max']:>10.4f}{s['stdev']:>10.4f}{ratio:>10}"
+        )
+    return "\n".join(lines)
+
+
+def format_report(doc: dict[str, Any]) -> str:
+    settings, records = doc["settings"], doc["engines"]
+    machine = doc["machine"]
+    out = [
+        f"pydbms-shard benchmark: {settings['users']:,} users, batches of {settings['batch']:,}, "
+        f"{settings['iterations']} iteration(s), seed {settings['seed']}",
+        f"machine: {machine['cpu_count']} CPUs ({machine.get('processor') or '?'}), {machine['platform']}, "
+        f"Python {machine['python']}, {machine['date']}",
+        "ratio column: engine Avg / reference (a) Avg (below 1.00x is faster than the original's design)",
+        "",
+    ]
+    for record in records:
+        out += [f"== {record['engine']['label']} ==", format_table(record), ""]
+
+    out += [
+        f"{'Engine':<40}{'Snapshot bytes':>16}{'Bytes/user on disk':>20}{'Memory/user (B)':>17}{'vs (a)':>9}",
+        "_" * 102,
+    ]
+    n = settings["users"]
+    for record in records:
+        memory = record.get("memory") or {}
+        disk = record.get("snapshot_bytes")
+        ratio = memory.get("ratio")
+        out.append(
+            f"{record['engine']['label']:<40}{_fmt(disk, ',d'):>16}{_fmt(None if disk is None else disk / n, ',.1f'):>20}"
+            f"{_fmt(memory.get('bytes_per_user'), ',.1f'):>17}{'-' if ratio is None else f'{ratio:.2f}x':>9}"
+        )
+    out.append("memory/user: RSS of all the engine's processes with every user loaded, minus the same engine empty")
+    out.append("")
+
+    gets = [r for r in records if r.get("get_us")]
+    if gets:
+        out += [f"{'Single get (median)':<40}{'cached (us)':>14}{'uncached (us)':>16}", "_" * 70]
+        for record in gets:
+            g = record["get_us"]
+            out.append(f"{record['engine']['label']:<40}{g['cached_median']:>14.2f}{g['uncached_median']:>16.2f}")
+        out.append("")
+
+    if doc.get("targets"):
+        out += [f"Targets (issue 4; medians; {doc['targets'][0]['engine']})", "_" * 90]
+        for t in doc["targets"]:
+            state = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+            if t["unit"] == "s":
+                measured, limit = _fmt(t["measured"], ".4f"), _fmt(t["limit"], ".4f")
+            else:
+                measured, limit = _fmt(t["measured"], ",.2f"), _fmt(t["limit"], ",.2f")
+            out.append(f"{t['target']:<42}{measured:>12} {t['unit']:<5} limit {limit:>12}  {state}")
+        out.append("")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- the chart
+
+
+def draw_chart(doc: dict[str, Any], path: Path) -> None:
+    """One bar group per row (average seconds, log scale, min-max whiskers), one bar per engine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    records = doc["engines"]
+    x = np.arange(len(ROWS))
+    width = 0.8 / max(len(records), 1)
+    fig, ax = plt.subplots(figsize=(13, 6))
+    for k, record in enumerate(records):
+        rows = [record["rows"][row] for row in ROWS]
+        avg = np.array([r["avg"] for r in rows])
+        low = avg - np.array([r["min"] for r in rows])
+        high = np.array([r["max"] for r in rows]) - avg
+        ax.bar(x - 0.4 + width * (k + 0.5), avg, width, yerr=[low, high], capsize=2, label=record["engine"]["label"])
+    ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{row}\n({record_count(records, row):,})" for row in ROWS], fontsize=8)
+    ax.set_ylabel("seconds per batch call (average; whiskers min-max; log scale)")
+    settings, machine = doc["settings"], doc["machine"]
+    ax.set_title(
+        f"pydbms-shard vs references: {settings['users']:,} users, {settings['iterations']} iteration(s), "
+        f"{machine['cpu_count']} CPUs, Python {machine['python']}, {machine['date'][:10]}",
+        fontsize=10,
+    )
+    ax.grid(axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def record_count(records: list[dict[str, Any]], row: str) -> int:
+    return records[0]["rows"][row]["count"] if records else 0
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    users = args.users or (QUICK_USERS if args.quick else FULL_USERS)
+    iterations = args.iterations or (QUICK_ITERATIONS if args.quick else FULL_ITERATIONS)
+    shard_counts = args.shards or parse_shards(QUICK_SHARDS if args.quick else FULL_SHARDS)
+    if users < 10:
+        build_parser().error(f"--users must be at least 10, got {users}")
+    cpus = os.cpu_count() or 1
+
+    started = time.perf_counter()
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(f"[{time.perf_counter() - started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+    engines = [make_engine("original"), make_engine("sqlite")]
+    engines += [OursEngine(n, default=(n == cpus)) for n in shard_counts]
+    output = args.output
+    output.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    workload, results = run_all(engines, users, iterations, workdir=output, seed=args.seed, progress=progress)
+
+    records = engine_records(results)
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "machine": machine,
+        "settings": {
+            "users": workload.n,
+            "batch": workload.batch,
+            "iterations": iterations,
+            "seed": workload.seed,
+            "shards": shard_counts,
+            "default_shards": cpus,
+            "quick": args.quick,
+        },
+        "rows": list(ROWS),
+        "engines": records,
+        "targets": evaluate_targets(records),
+        "elapsed_seconds": round(time.perf_counter() - started, 1),
+    }
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    json_path = output / f"bench-{stamp}.json"
+    chart_path = None if args.no_chart else output / f"bench-{stamp}.png"
+    doc["files"] = {"json": str(json_path), "chart": None if chart_path is None else str(chart_path)}
+    if chart_path is not None:
+        progress("drawing the chart")
+        draw_chart(doc, chart_path)
+    json_path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+    print(format_report(doc))
+    print(f"results: {json_path}")
+    if chart_path is not None:
+        print(f"chart:   {chart_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
