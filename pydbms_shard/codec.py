@@ -58,11 +58,23 @@ def array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
-def encode_ids(ids: list[uuid.UUID]) -> np.ndarray:
-    """Encode UUIDs once; the ``(n, 18)`` rows are each a complete msgpack bin item."""
+def encode_ids(ids: list[Any]) -> np.ndarray | None:
+    """Encode IDs once; the ``(n, 18)`` rows are each a complete msgpack bin item.
+
+    None when some item did not encode as 16 bytes (it is not a UUID nor 16 raw bytes): the
+    check costs nothing per item in Python, so a batch of UUIDs needs no type scan.
+    """
     n = len(ids)
-    buf = encode(ids)
-    rows = np.frombuffer(buf, dtype=np.uint8, offset=len(array_header(n))).reshape(n, _ID_ITEM)
+    header = len(array_header(n))
+    try:
+        buf = encode(ids)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if len(buf) != header + n * _ID_ITEM:
+        return None
+    rows = np.frombuffer(buf, dtype=np.uint8, offset=header).reshape(n, _ID_ITEM)
+    if n and not ((rows[:, 0] == 0xC4).all() and (rows[:, 1] == 16).all()):
+        return None
     return rows
 
 

@@ -16,6 +16,7 @@ from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from . import snapshot
@@ -52,10 +53,20 @@ class _Batch:
 
     __slots__ = ("ids", "rows", "id_pos", "names", "name_pos", "per_shard", "encoded_names")
 
-    def __init__(self, ids: list[uuid.UUID], id_pos: np.ndarray | None, names: list[str], name_pos: np.ndarray | None, shards: int) -> None:
+    def __init__(
+        self,
+        ids: list[uuid.UUID],
+        id_pos: np.ndarray | None,
+        names: list[str],
+        name_pos: np.ndarray | None,
+        shards: int,
+        rows: np.ndarray | None = None,
+    ) -> None:
         self.ids, self.names = ids, names
         self.id_pos, self.name_pos = id_pos, name_pos  # None: positions 0..n-1
-        self.rows = encode_ids(ids) if ids else None
+        if rows is None and ids:
+            rows = encode_ids(ids)  # every item is a UUID here: it cannot fail
+        self.rows = rows
         if self.rows is None:
             self.per_shard = [np.empty(0, dtype=np.intp)] * shards
         elif shards == 1:
@@ -194,15 +205,25 @@ class DataBase:
         return users
 
     def _query_batch(self, items: Any, call: str, names_allowed: bool = True) -> _Batch:
+        """Check a batch of queries whole and split it into IDs and names. The common batches
+        (all UUIDs, all Users, all names) are checked in C; mixed ones item by item."""
         items = _as_list(items, call)
         n = len(self._shards)
-        kinds = set(map(type, items))
-        if kinds <= {uuid.UUID}:
-            return _Batch(items, None, [], None, n)
-        if kinds <= {User}:
-            return _Batch(list(map(_ID, items)), None, [], None, n)
-        if kinds <= {str} and names_allowed:
-            return _Batch([], None, items, None, n)
+        if not items:
+            return _Batch([], None, [], None, n)
+        first = type(items[0])
+        if first is uuid.UUID:
+            rows = encode_ids(items)  # None unless every item is a UUID (or its 16 bytes)
+            if rows is not None:
+                return _Batch(items, None, [], None, n, rows)
+        elif first is User:
+            if set(map(type, items)) == {User}:
+                return _Batch(list(map(_ID, items)), None, [], None, n)
+        elif first is str and names_allowed:
+            try:
+                return _Batch([], None, msgspec.convert(items, list[str]), None, n)
+            except msgspec.ValidationError:
+                pass  # a mixed batch: sorted out item by item below
         ids, id_pos, names, name_pos = [], [], [], []
         for k, item in enumerate(items):
             if isinstance(item, User):
@@ -211,11 +232,11 @@ class DataBase:
             elif isinstance(item, str) and names_allowed:
                 names.append(str(item))
                 name_pos.append(k)
-            elif isinstance(item, (uuid.UUID, str)):
+            elif isinstance(item, (uuid.UUID, str, bytes, bytearray, memoryview)):
                 ids.append(check_id(item, f"{call}(): item {k}"))
                 id_pos.append(k)
             else:
-                wanted = "a User, a UUID or a name (str)" if names_allowed else "a UUID, its string form or a User"
+                wanted = "a User, a UUID or a name (str)" if names_allowed else "a UUID (or its string form or 16 bytes) or a User"
                 raise PydbmsTypeError(f"{call}(): item {k} must be {wanted}, got {type(item).__name__}: {item!r:.80}")
         return _Batch(ids, np.array(id_pos, dtype=np.intp), names, np.array(name_pos, dtype=np.intp), n)
 

@@ -63,17 +63,21 @@ def check_age(age: Any) -> int:
 
 
 def check_id(value: Any, field: str = "User.ID") -> uuid.UUID:
-    """A UUID, or the string form of one."""
+    """A UUID, its string form, or its 16 raw bytes."""
     if type(value) is uuid.UUID:
         return value
     if isinstance(value, uuid.UUID):
         return uuid.UUID(int=value.int)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        if len(value) != 16:
+            raise PydbmsValueError(f"{field} given as bytes must be 16 bytes long, got {len(value)}: {_short(value)}")
+        return uuid.UUID(bytes=bytes(value))
     if isinstance(value, str):
         try:
             return uuid.UUID(value)
         except ValueError:
             raise PydbmsValueError(f"{field} must be a UUID or its string form, got {_short(value)}") from None
-    raise PydbmsTypeError(f"{field} must be a uuid.UUID or its string form, got {type(value).__name__}: {_short(value)}")
+    raise PydbmsTypeError(f"{field} must be a uuid.UUID, its string form or its 16 bytes, got {type(value).__name__}: {_short(value)}")
 
 
 def _copy_json(value: Any, path: str, depth: int) -> Any:

@@ -419,7 +419,7 @@ BAD_CALLS = [
     ("upsert_users", lambda db, d: db.upsert_users(d.replacement), TypeError),
     ("remove_users", lambda db, d: db.remove_users([*d.stored[:50], d.s.name, 3.5]), TypeError),
     ("remove_users", lambda db, d: db.remove_users([d.s.ID, None]), TypeError),
-    ("remove_users", lambda db, d: db.remove_users([d.s, b"bytes"]), TypeError),
+    ("remove_users", lambda db, d: db.remove_users([d.s, b"bytes"]), ValueError),  # bytes are an ID only when 16 long,
     ("remove_users", lambda db, d: db.remove_users([d.s, ["nested"]]), TypeError),
     ("remove_users", lambda db, d: db.remove_users(d.s.name), TypeError),
     ("remove_users", lambda db, d: db.remove_users(d.s), TypeError),

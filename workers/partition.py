@@ -7,8 +7,8 @@ its one ID (``bytes``); only a name that repeats widens to a tuple of IDs, and p
 
 from __future__ import annotations
 
-from itertools import compress
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, is_not
 from typing import Iterable
 
 from pydbms_shard.codec import Record
@@ -116,19 +116,24 @@ class Partition:
 
     def remove(self, ids: list[bytes], names: list[str]) -> list[bytes]:
         """Remove by ID, then every user with each name; returns the IDs removed."""
-        by_id, removed = self.by_id, []
-        for id_ in ids:
-            record = by_id.pop(id_, None)
+        by_id, by_name, removed = self.by_id, self.by_name, []
+        for record in map(by_id.pop, ids, repeat(None)):
             if record is not None:
-                self._unindex(record.name, id_)
+                id_, name = record.id, record.name
+                if by_name.get(name) is id_:  # the name's only user: the common case
+                    del by_name[name]
+                else:
+                    self._unindex(name, id_)
                 removed.append(id_)
-        by_name = self.by_name
-        for name in names:
-            group = by_name.pop(name, None)
+        for group in map(by_name.pop, names, repeat(None)):
             if group is not None:
-                for id_ in _group_ids(group):
-                    del by_id[id_]
-                    removed.append(id_)
+                if type(group) is bytes:
+                    del by_id[group]
+                    removed.append(group)
+                else:
+                    for id_ in group:
+                        del by_id[id_]
+                        removed.append(id_)
         return removed
 
     def clear(self) -> None:
@@ -154,20 +159,22 @@ class Partition:
         """
         by_id = self.by_id
         found = list(map(by_id.get, ids))
-        hits = list(compress(range(len(ids)), found))
-        records = [r for r in found if r is not None]
-        offset = len(ids)
-        for k, name in enumerate(names):
-            group = self.by_name.get(name)
-            if group is None:
-                continue
-            if type(group) is bytes:
-                hits.append(offset + k)
-                records.append(by_id[group])
-            else:
-                for id_ in group:
-                    hits.append(offset + k)
-                    records.append(by_id[id_])
+        hits = list(compress(range(len(ids)), map(is_not, found, repeat(None))))
+        records = list(compress(found, map(is_not, found, repeat(None))))
+        if not names:
+            return hits, records
+        groups = list(map(self.by_name.get, names))
+        present = list(map(is_not, groups, repeat(None)))
+        name_hits = list(compress(range(len(ids), len(ids) + len(names)), present))
+        groups = list(compress(groups, present))
+        if all(map(bytes.__instancecheck__, groups)):  # every name held by one user
+            hits.extend(name_hits)
+            records.extend(map(by_id.__getitem__, groups))
+            return hits, records
+        for query, group in zip(name_hits, groups):
+            for id_ in _group_ids(group):
+                hits.append(query)
+                records.append(by_id[id_])
         return hits, records
 
     def values(self) -> list[Record]:
