@@ -78,6 +78,29 @@ def encode_ids(ids: list[Any]) -> np.ndarray | None:
     return rows
 
 
+def unpack_id_rows(packed: bytes | memoryview | Raw) -> np.ndarray:
+    """The ``(n, 16)`` raw IDs of a msgpack array of 16-byte bins, without a Python object
+    per ID; ValueError when it is anything else."""
+    data = memoryview(packed).cast("B")
+    if not data:
+        raise ValueError("empty message part")
+    first = data[0]
+    if 0x90 <= first <= 0x9F:
+        n, header = first & 0x0F, 1
+    elif first == 0xDC:
+        n, header = int.from_bytes(data[1:3], "big"), 3
+    elif first == 0xDD:
+        n, header = int.from_bytes(data[1:5], "big"), 5
+    else:
+        raise ValueError("expected a msgpack array of IDs")
+    if len(data) != header + n * _ID_ITEM:
+        raise ValueError("expected a msgpack array of 16-byte IDs")
+    rows = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(n, _ID_ITEM)
+    if n and not ((rows[:, 0] == 0xC4).all() and (rows[:, 1] == 16).all()):
+        raise ValueError("expected a msgpack array of 16-byte IDs")
+    return rows[:, 2:]
+
+
 def pack_rows(rows: np.ndarray) -> Raw:
     """A msgpack array of the given encoded-ID rows, ready to embed in a message."""
     return Raw(array_header(len(rows)) + rows.tobytes())

@@ -27,9 +27,11 @@ from pydbms_shard.codec import (
     decode_str_list,
     encode,
     gc_paused,
+    unpack_id_rows,
 )
 from pydbms_shard.routing import shards_of_joined
 
+from .id_index import as_rows
 from .partition import Partition
 
 _PARENT_POLL_SECONDS = 0.5
@@ -77,12 +79,12 @@ class ShardWorker:
         return self.partition.get(decode_bytes_list(ids))
 
     def op_contains(self, ids: Raw) -> bytes:
-        return self.partition.contains(decode_bytes_list(ids))
+        return self.partition.contains_rows(as_rows(unpack_id_rows(ids))).tobytes()
 
     def op_has(self, ids: Raw, names: Raw) -> list:
         """[all IDs present here, one byte per name: 1 when some user here has it]."""
-        present = self.partition.contains(decode_bytes_list(ids))
-        return [present.count(0) == 0, self.partition.names_present(decode_str_list(names))]
+        present = self.partition.contains_rows(as_rows(unpack_id_rows(ids)))
+        return [bool(present.all()), self.partition.names_present(decode_str_list(names))]
 
     def op_find(self, ids: Raw, names: Raw) -> list:
         hits, records = self.partition.find(decode_bytes_list(ids), decode_str_list(names))

@@ -11,7 +11,11 @@ from itertools import compress, repeat
 from operator import attrgetter, is_not
 from typing import Iterable
 
+import numpy as np
+
 from pydbms_shard.codec import Record
+
+from .id_index import IdIndex, as_rows
 
 _TUPLE_MAX = 8
 _ids = attrgetter("id")
@@ -27,11 +31,12 @@ def _group_ids(group: IdGroup) -> Iterable[bytes]:
 class Partition:
     """A shard's users: every method is one batch, applied item by item in order."""
 
-    __slots__ = ("by_id", "by_name")
+    __slots__ = ("by_id", "by_name", "ids")
 
     def __init__(self, records: list[Record] | None = None) -> None:
         self.by_id: dict[bytes, Record] = {}
         self.by_name: dict[str, IdGroup] = {}
+        self.ids = IdIndex()  # the same IDs as by_id, for batch membership without Python objects
         if records:
             self._build(records)
 
@@ -44,6 +49,8 @@ class Partition:
             for record in values:
                 self._index(by_name, record.name, record.id)
         self.by_id, self.by_name = by_id, by_name
+        self.ids = IdIndex(2 * len(by_id))
+        self.ids.add_new(as_rows(b"".join(by_id)))
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -82,7 +89,7 @@ class Partition:
     def add(self, records: list[Record]) -> int:
         """Insert each record whose ID is new; an ID already stored is skipped."""
         by_id, by_name, index = self.by_id, self.by_name, self._index
-        added = 0
+        added = []
         for record in records:
             id_ = record.id
             if id_ in by_id:
@@ -93,18 +100,19 @@ class Partition:
                 index(by_name, name, id_)
             else:
                 by_name[name] = id_
-            added += 1
-        return added
+            added.append(id_)
+        self.ids.add_new(as_rows(b"".join(added)))
+        return len(added)
 
     def upsert(self, records: list[Record]) -> int:
         """Insert or replace; returns how many were new. A replaced record leaves no trace."""
         by_id, by_name, index = self.by_id, self.by_name, self._index
-        inserted = 0
+        inserted = []
         for record in records:
             id_ = record.id
             old = by_id.get(id_)
             if old is None:
-                inserted += 1
+                inserted.append(id_)
             elif old.name != record.name:
                 self._unindex(old.name, id_)
             else:
@@ -112,7 +120,8 @@ class Partition:
                 continue
             by_id[id_] = record
             index(by_name, record.name, id_)
-        return inserted
+        self.ids.add_new(as_rows(b"".join(inserted)))
+        return len(inserted)
 
     def remove(self, ids: list[bytes], names: list[str]) -> list[bytes]:
         """Remove by ID, then every user with each name; returns the IDs removed."""
@@ -134,11 +143,13 @@ class Partition:
                     for id_ in group:
                         del by_id[id_]
                         removed.append(id_)
+        self.ids.discard(as_rows(b"".join(removed)))
         return removed
 
     def clear(self) -> None:
         self.by_id = {}
         self.by_name = {}
+        self.ids = IdIndex()
 
     # ---------------------------------------------------------- reads
 
@@ -147,7 +158,11 @@ class Partition:
 
     def contains(self, ids: list[bytes]) -> bytes:
         """One byte per ID: 1 when stored."""
-        return bytes(map(self.by_id.__contains__, ids))
+        return self.contains_rows(as_rows(b"".join(ids))).tobytes()
+
+    def contains_rows(self, keys: np.ndarray) -> np.ndarray:
+        """A bool per ID, for IDs as ``(n, 2)`` u64 rows (see ``id_index.as_rows``)."""
+        return self.ids.contains(keys)
 
     def names_present(self, names: list[str]) -> bytes:
         return bytes(map(self.by_name.__contains__, names))
