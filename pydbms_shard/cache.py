@@ -3,27 +3,28 @@ a pipe. The DataBase updates it under the same lock as every write, so it is nev
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from itertools import repeat
 from typing import Iterable
 
 from .user import User
 
 
 class ReadCache:
-    """Users by ``UUID.int``; ``capacity`` 0 turns the cache off."""
+    """Users by the 16 bytes of their ID (what workers report back); ``capacity`` 0 turns it off."""
 
     __slots__ = ("capacity", "_users", "hits", "misses")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._users: OrderedDict[int, User] = OrderedDict()
+        self._users: OrderedDict[bytes, User] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._users)
 
-    def get(self, key: int) -> User | None:
+    def get(self, key: bytes) -> User | None:
         user = self._users.get(key)
         if user is None:
             self.misses += 1
@@ -32,22 +33,17 @@ class ReadCache:
             self._users.move_to_end(key)
         return user
 
-    def put(self, user: User) -> None:
+    def put(self, key: bytes, user: User) -> None:
         if self.capacity:
-            self._users[user.ID.int] = user
-            self._users.move_to_end(user.ID.int)
+            self._users[key] = user
+            self._users.move_to_end(key)
             if len(self._users) > self.capacity:
                 self._users.popitem(last=False)
 
-    def discard_ints(self, keys: Iterable[int]) -> None:
+    def discard(self, keys: Iterable[bytes]) -> None:
+        """Forget these IDs (a C-level loop; nothing at all when the cache is empty)."""
         if self._users:
-            pop = self._users.pop
-            for key in keys:
-                pop(key, None)
-
-    def discard_id_bytes(self, ids: Iterable[bytes]) -> None:
-        if self._users:
-            self.discard_ints(int.from_bytes(b, "big") for b in ids)
+            deque(map(self._users.pop, keys, repeat(None)), maxlen=0)
 
     def clear(self) -> None:
         self._users.clear()

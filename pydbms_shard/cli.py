@@ -19,7 +19,7 @@ from .config import Config, load_config
 from .coordinator import DataBase
 from .errors import ConfigError, ImportFileError, PydbmsError, SnapshotError, ValidationError
 from .generate import generate_users
-from .persistence import convert_file, read_user_lines
+from .readable import convert_file, read_user_lines
 
 EXIT_OK, EXIT_FOUND_PROBLEM, EXIT_USAGE, EXIT_CONFIG, EXIT_SNAPSHOT, EXIT_IMPORT, EXIT_OTHER = 0, 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from . import snapshot
+from . import readable, snapshot
 from .autosave import AutoSaver, ScheduleEnded
 from .cache import ReadCache
 from .codec import (
@@ -36,16 +36,15 @@ from .codec import (
     pack_rows,
 )
 from .config import Config, load_config
-from .errors import ClosedError, ConfigError, PydbmsTypeError, ShardError, SnapshotError
+from .errors import ClosedError, ConfigError, PydbmsTypeError, PydbmsValueError, ShardError, SnapshotError
 from .routing import HASH_SCHEME, shard_of, shards_of, split_positions
-from .shards import ShardFailure, ShardHandle, exchange
+from .shards import ShardFailure, ShardHandle, exchange, wait_for_events
 from .user import User, check_id
 
 log = logging.getLogger("pydbms_shard")
 
 _ID = attrgetter("ID")
 _EMPTY_LIST = encode([])
-_SNAP_POLL_SECONDS = 0.005
 
 
 class _Batch:
@@ -73,7 +72,16 @@ class _Batch:
             self.per_shard = [np.arange(len(ids), dtype=np.intp)]
         else:
             self.per_shard = split_positions(shards_of(id_bytes_of_rows(self.rows), shards), shards)
-        self.encoded_names = Raw(encode(names)) if names else Raw(_EMPTY_LIST)
+        try:
+            self.encoded_names = Raw(encode(names)) if names else Raw(_EMPTY_LIST)
+        except UnicodeEncodeError:
+            for k, name in enumerate(names):
+                try:
+                    name.encode("utf-8")
+                except UnicodeEncodeError:
+                    at = k if name_pos is None else int(name_pos[k])
+                    raise PydbmsValueError(f"item {at} is not valid Unicode text (a lone surrogate): {name!r:.80}") from None
+            raise
 
     def ids_for(self, shard: int) -> Raw:
         """The shard's IDs as one encoded msgpack array, cut out of the batch's encoding."""
@@ -123,6 +131,8 @@ def _locked(method):
         with self._lock:
             if self._closed:
                 raise ClosedError("this DataBase is closed")
+            if self._scans_to_close:
+                self._release_closed_scans()
             return method(self, *args, **kwargs)
 
     wrapper.__name__, wrapper.__doc__, wrapper.__qualname__ = method.__name__, method.__doc__, method.__qualname__
@@ -146,6 +156,8 @@ class DataBase:
         self._closed = False
         self._dirty = 0
         self._scan_tokens = itertools.count(1)
+        self._scans_to_close: list[int] = []
+        self._autosave_lock = threading.Lock()
         self._cache = ReadCache(self.config.cache_size)
         self._autosaver: AutoSaver | None = None
         self.last_save_hold_seconds: float | None = None
@@ -249,13 +261,22 @@ class DataBase:
 
     # ------------------------------------------------------------ writes
 
-    def _write_users(self, op: str, users: list[User]) -> int:
+    def _write(self, messages: list[bytes | None], apply: Any) -> None:
+        """Send a write to the shards and ``apply(reply)`` for every shard that did it, also
+        when another shard failed (so the cache and change count never miss a change), then
+        raise the first failure."""
+        problem = None
+        for reply in exchange(self._shards, messages, return_exceptions=True):
+            if isinstance(reply, Exception):
+                problem = problem or reply
+            elif reply is not None:
+                apply(decode_any(reply))
+        if problem is not None:
+            raise problem
+
+    def _user_messages(self, op: str, users: list[User]) -> list[bytes | None]:
         batch = _Batch(list(map(_ID, users)), None, [], None, len(self._shards))
-        messages = []
-        for shard, pos in enumerate(batch.per_shard):
-            messages.append(encode([op, Raw(encode(_subset(users, pos)))]) if len(pos) else None)
-        counts = exchange(self._shards, messages)
-        return sum(decode_any(c) for c in counts if c is not None)
+        return [encode([op, Raw(encode(_subset(users, pos)))]) if len(pos) else None for pos in batch.per_shard]
 
     @_locked
     def add_users(self, users: list[User]) -> int:
@@ -263,8 +284,14 @@ class DataBase:
         users = self._users_batch(users, "add_users")
         if not users:
             return 0
-        added = self._write_users("add", users)
-        self._dirty += added
+        added = 0
+
+        def count(n: int) -> None:
+            nonlocal added
+            added += n
+            self._dirty += n
+
+        self._write(self._user_messages("add", users), count)
         return added
 
     @_locked
@@ -273,9 +300,16 @@ class DataBase:
         users = self._users_batch(users, "upsert_users")
         if not users:
             return 0
-        self._cache.discard_ints(u.ID.int for u in users)
-        inserted = self._write_users("upsert", users)
-        self._dirty += len(users)
+        inserted = 0
+
+        def count(reply: list) -> None:
+            nonlocal inserted
+            new, replaced = reply
+            inserted += new
+            self._dirty += new + len(replaced)
+            self._cache.discard(replaced)
+
+        self._write(self._user_messages("upsert", users), count)
         return inserted
 
     @_locked
@@ -284,22 +318,24 @@ class DataBase:
         batch = self._query_batch(items, "remove_users")
         if not batch.ids and not batch.names:
             return 0
-        replies = exchange(
-            self._shards, [encode(["remove", batch.ids_for(s), batch.encoded_names]) for s in range(len(self._shards))]
-        )
         removed = 0
-        for reply in replies:
-            ids = decode_any(reply)
+
+        def count(ids: list[bytes]) -> None:
+            nonlocal removed
             removed += len(ids)
-            self._cache.discard_id_bytes(ids)
-        self._dirty += removed
+            self._dirty += len(ids)
+            self._cache.discard(ids)
+
+        self._write([encode(["remove", batch.ids_for(s), batch.encoded_names]) for s in range(len(self._shards))], count)
         return removed
 
     @_locked
     def clear_database(self) -> None:
-        self._all("clear")
-        self._cache.clear()
-        self._dirty += 1
+        try:
+            self._all("clear")
+        finally:
+            self._cache.clear()
+            self._dirty += 1
 
     def add(self, user: User) -> bool:
         """Add one user; False when its ID is already stored."""
@@ -384,18 +420,17 @@ class DataBase:
     @_locked
     def get(self, id: uuid.UUID | str | User) -> User | None:
         """The user with this ID, or None. Served from the read cache when it can be."""
-        key = self._one_id(id, "get")
-        user = self._cache.get(key.int)
+        raw = self._one_id(id, "get").bytes
+        user = self._cache.get(raw)
         if user is not None:
             return user
-        raw = key.bytes
         shard = shard_of(raw, len(self._shards)) if len(self._shards) > 1 else 0
         message = encode(["get", Raw(array_header(1) + b"\xc4\x10" + raw)])
         messages: list[bytes | None] = [None] * len(self._shards)
         messages[shard] = message
         user = decode_optional_users(exchange(self._shards, messages)[shard])[0]
         if user is not None:
-            self._cache.put(user)
+            self._cache.put(raw, user)
         return user
 
     def __contains__(self, id: object) -> bool:
@@ -422,6 +457,7 @@ class DataBase:
         with self._lock:
             if self._closed:
                 raise ClosedError("this DataBase is closed")
+            self._release_closed_scans()
             counts = [decode_any(c) for c in self._all("scan_open", token)]
         chunk = self.config.iter_chunk_size
         try:
@@ -436,13 +472,19 @@ class DataBase:
                     with gc_paused():
                         users = decode_users(reply)
                     yield from users
-        finally:  # also when the loop stops early or the iterator is dropped
-            with self._lock:
-                if not self._closed:
-                    try:
-                        self._all("scan_close", token)
-                    except (ShardError, ShardFailure):
-                        pass
+        finally:
+            # The iterator may be finalised anywhere, even by the GC in the middle of another
+            # call on this thread: only note the token; the next call releases the cut.
+            self._scans_to_close.append(token)
+
+    def _release_closed_scans(self) -> None:
+        """Runs at the start of every locked call."""
+        while self._scans_to_close:
+            token = self._scans_to_close.pop()
+            try:
+                self._all("scan_close", token)
+            except (ShardError, ShardFailure):
+                pass
 
     @_locked
     def stats(self) -> dict[str, Any]:
@@ -491,39 +533,36 @@ class DataBase:
                     self.last_save_hold_seconds = time.perf_counter() - started
                 failures = [f"{exc}" for exc in begun if isinstance(exc, Exception)]
                 writing = {s for s in range(n) if not isinstance(begun[s], Exception)}
-                entries = self._wait_for_writers(path, writing, failures)
+                entries = self._wait_for_writers(path, names, writing, failures)
                 manifest = snapshot.build_manifest(generation, n, entries)
                 snapshot.commit_manifest(path, manifest, token, mode, self.config.keep_generations)
             except BaseException:
                 snapshot.cleanup_failed_save(path, generation, token)  # never what the live manifest names
                 raise
             with self._lock:
-                self._dirty = max(0, self._dirty - changes_in_cut)
+                target = self._autosave_target()
+                if target is None or target == path:  # changes are counted against that file
+                    self._dirty = max(0, self._dirty - changes_in_cut)
             return manifest
 
-    def _wait_for_writers(self, path: Path, pending: set[int], failures: list[str]) -> list[snapshot.ManifestFile]:
-        """Poll the shards' writers (the lock is held only for each quick poll) until every one
-        has finished, also after one failed, so none still creates files at clean-up."""
-        n = len(self._shards)
+    def _wait_for_writers(self, path: Path, names: list[Path], pending: set[int], failures: list[str]) -> list[snapshot.ManifestFile]:
+        """Wait, without the DataBase lock, until every shard's writer has reported (also after
+        one failed, so none still creates files at clean-up)."""
         entries = []
         while pending:
-            with self._lock:
-                messages = [encode(["snap_wait", 0]) if s in pending else None for s in range(n)]
-                replies = exchange(self._shards, messages, return_exceptions=True)
-            for shard in sorted(pending):
-                reply = replies[shard]
-                result = reply if isinstance(reply, Exception) else decode_any(reply)
-                if result is None:
-                    continue  # still writing
-                pending.discard(shard)
-                if isinstance(result, Exception):
-                    failures.append(str(result))
-                elif result[0]:
-                    entries.append(snapshot.ManifestFile(**result[1]))
+            for handle, event in wait_for_events([self._shards[s] for s in pending], 1.0):
+                if isinstance(event, Exception):
+                    failures.append(str(event))
+                    pending.discard(handle.index)
+                    continue
+                file_name, ok, detail = event
+                if file_name != str(names[handle.index]):
+                    continue  # a report from an earlier save that gave up waiting
+                pending.discard(handle.index)
+                if ok:
+                    entries.append(msgspec.convert(detail, snapshot.ManifestFile))
                 else:
-                    failures.append(f"shard {shard}: {result[1]}")
-            if pending:
-                time.sleep(_SNAP_POLL_SECONDS)
+                    failures.append(f"shard {handle.index}: {detail}")
         if failures:
             raise SnapshotError(f"{path}: save failed: " + "; ".join(failures))
         return entries
@@ -532,30 +571,34 @@ class DataBase:
         """Replace the contents with a verified snapshot, re-routing users when it was written
         with another shard count. On any error the database is left exactly as it was."""
         path = self._snapshot_path(path)
-        manifest = snapshot.read_manifest(path)
-        files = snapshot.manifest_files(path, manifest)
-        n = len(self._shards)
-        spec = [[str(p), _entry_dict(e)] for p, e in files]
-        if manifest.shards == n and manifest.hash == HASH_SCHEME:
-            messages = [encode(["load_stage", [spec[s]], False]) for s in range(n)]
-        else:
-            messages = [encode(["load_stage", spec, True])] * n
-        with self._save_lock, self._lock:
-            if self._closed:
-                raise ClosedError("this DataBase is closed")
-            try:
-                exchange(self._shards, messages)
-            except (ShardError, ShardFailure) as exc:
+        # a reader's lock on the path: no save may rotate the files away while they are read
+        with self._save_lock, snapshot.writer_lock(path, shared=True):
+            manifest = snapshot.read_manifest(path)
+            files = snapshot.manifest_files(path, manifest)
+            n = len(self._shards)
+            spec = [[str(p), msgspec.structs.asdict(e)] for p, e in files]
+            if manifest.shards == n and manifest.hash == HASH_SCHEME:
+                messages = [encode(["load_stage", [spec[s]], False]) for s in range(n)]
+            else:
+                messages = [encode(["load_stage", spec, True])] * n
+            with self._lock:
+                if self._closed:
+                    raise ClosedError("this DataBase is closed")
                 try:
-                    self._all("load_abort")
-                except (ShardError, ShardFailure):
-                    pass
-                detail = exc.message if isinstance(exc, ShardFailure) else str(exc)
-                raise SnapshotError(f"load of {path} failed: {detail}") from None
-            self._all("load_commit")
-            self._cache.clear()
-            # unchanged only relative to this file: autosave to another path must still write
-            self._dirty = 0 if path == self._autosave_target() else max(1, manifest.users)
+                    exchange(self._shards, messages)
+                except (ShardError, ShardFailure) as exc:
+                    try:
+                        self._all("load_abort")
+                    except (ShardError, ShardFailure):
+                        pass
+                    detail = exc.message if isinstance(exc, ShardFailure) else str(exc)
+                    raise SnapshotError(f"load of {path} failed: {detail}") from None
+                try:
+                    self._all("load_commit")
+                finally:
+                    self._cache.clear()
+                # unchanged only relative to this file: autosave to another path must still write
+                self._dirty = 0 if path == self._autosave_target() else max(1, manifest.users)
         return manifest
 
     def _autosave_target(self) -> Path | None:
@@ -569,13 +612,22 @@ class DataBase:
             self._snapshot_path(source), self._snapshot_path(path), self.config.file_mode_bits, self.config.keep_generations
         )
 
+    def import_file(self, src: str | os.PathLike[str], progress: Any = None) -> int:
+        """Add the users of a JSON-lines file (ours, or an original pyDBMS save file). Every
+        line is checked first: a bad one raises ImportFileError naming it and nothing is added."""
+        return self.add_users(readable.read_user_lines(src, progress))
+
+    @staticmethod
+    def convert_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: str = "jsonl") -> int:
+        """Write the snapshot at ``src`` as readable JSON lines (or ``format="text"``) to ``dst``."""
+        return readable.convert_file(src, dst, format)  # type: ignore[arg-type]
+
     def start_autosave(self, interval: float | None = None, path: str | os.PathLike[str] | None = None) -> None:
         """Save every ``interval`` seconds, only when something changed since the last save."""
         interval = self.config.autosave_interval if interval is None else interval
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
             raise ConfigError(f"key 'autosave_interval': must be a number of seconds above 0, got {interval!r}")
         target = self._snapshot_path(path)
-        self.stop_autosave()
         ref = weakref.ref(self)
 
         def save_if_changed() -> bool:
@@ -587,20 +639,20 @@ class DataBase:
             db.save(target)
             return True
 
-        self._autosaver = AutoSaver(save_if_changed, float(interval), target)
+        with self._autosave_lock:
+            if self._autosaver is not None:
+                self._autosaver.stop()
+            self._autosaver = AutoSaver(save_if_changed, float(interval), target)
 
     def stop_autosave(self) -> None:
         """Stop the schedule (waiting for a save in flight); the counters stay in stats()."""
-        if self._autosaver is not None:
-            self._autosaver.stop()
+        with self._autosave_lock:
+            if self._autosaver is not None:
+                self._autosaver.stop()
 
     @property
     def autosave_running(self) -> bool:
         return self._autosaver is not None and self._autosaver.running
-
-
-def _entry_dict(entry: snapshot.ManifestFile) -> dict[str, Any]:
-    return {"name": entry.name, "shard": entry.shard, "users": entry.users, "bytes": entry.bytes, "crc32": entry.crc32}
 
 
 def _stop_all(shards: list[ShardHandle]) -> None:

@@ -15,7 +15,7 @@ from .bench.workload import ROWS, OursEngine, Workload, run_engine, summarize
 from .config import Config
 from .coordinator import DataBase
 from .generate import generate_users
-from .persistence import convert_file
+from .readable import convert_file
 
 # The original pyDBMS's published averages (seconds, 50 iterations, on its author's machine):
 # context only. `scripts/bench` measures the original's design on this machine, in the same run.
@@ -58,9 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--users must be at least 10, --iterations and --shards at least 1")
     say = _say(args.quiet)
     out = Path(args.output).absolute()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    marker = out / ".pydbms-demo"
+    if out.exists() and any(out.iterdir()):
+        if not marker.exists():
+            parser.error(f"{out} is not empty and was not made by the demo: choose another --output")
+        shutil.rmtree(out)  # the demo's own folder from an earlier run
+    out.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     shards = Config(shards=args.shards).shard_count
 
     print(f"pydbms-shard demo: {args.users:,} users, {shards} shard processes, {args.iterations} iterations "

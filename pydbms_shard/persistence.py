@@ -1,112 +1,22 @@
-"""FileManager (the original's API over a DataBase's snapshots), readable conversion, import.
-
-Conversion streams a snapshot block by block to JSON lines or the original's text lines, so
-it never holds all users at once. Import reads JSON lines (ours, or an original pyDBMS save
-file) and adds them in one batch only after every line has parsed: nothing is half-imported.
-"""
+"""FileManager: the original pyDBMS API over a DataBase's snapshots, conversion and import."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Literal
-
-import msgspec
+from typing import Literal
 
 from . import snapshot
-from .codec import decode_users
-from .errors import ImportFileError, PydbmsError, PydbmsValueError, SnapshotError
-from .user import User
+from .coordinator import DataBase
+from .errors import PydbmsTypeError
+from .readable import Progress, convert_file, read_user_lines
 
-Progress = Callable[[int], None]  # called with how many more users were handled
-
-
-class _Line(msgspec.Struct, forbid_unknown_fields=True):
-    """One imported line: the original's save-file keys."""
-
-    name: Any
-    age: Any
-    ID: Any = None
-    extras: Any = None
+__all__ = ["FileManager", "convert_file", "import_file", "read_user_lines"]
 
 
-_decode_line = msgspec.json.Decoder(_Line).decode
-
-
-def convert_file(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    format: Literal["jsonl", "text"] = "jsonl",
-    progress: Progress | None = None,
-    mode: int = 0o600,
-) -> int:
-    """Write the snapshot at ``src`` as readable lines to ``dst`` (created with ``mode``: it
-    holds the same personal data); returns the user count."""
-    if format not in ("jsonl", "text"):
-        raise PydbmsValueError(f"format must be 'jsonl' or 'text', got {format!r}")
-    src, dst = Path(src), Path(dst)
-    manifest = snapshot.read_manifest(src)
-    files = snapshot.manifest_files(src, manifest)
-    if not dst.parent.is_dir():
-        raise SnapshotError(f"{dst}: the directory {dst.parent} does not exist")
-    tmp = dst.with_name(f".{dst.name}.{snapshot.new_token()}.tmp")
-    written = 0
-    try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as out:
-            for file_path, entry in files:
-                for users in snapshot.iter_shard_file(file_path, entry, decode=decode_users):
-                    out.write(_render(users, format))
-                    written += len(users)
-                    if progress:
-                        progress(len(users))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except OSError as exc:
-        raise SnapshotError(f"{dst}: cannot write ({snapshot.describe_os_error(exc)})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return written
-
-
-def _render(users: list[User], format: str) -> bytes:
-    if format == "jsonl":
-        encode = msgspec.json.encode
-        return b"".join([encode(u.to_dict()) + b"\n" for u in users])
-    return "".join([f'User "{u.name}" is {u.age} years old (ID: {u.ID})\n' for u in users]).encode()
-
-
-def read_user_lines(src: str | os.PathLike[str], progress: Progress | None = None) -> list[User]:
-    """Every user of a JSON-lines file, or ImportFileError naming the first bad line."""
-    src = Path(src)
-    users: list[User] = []
-    try:
-        f = open(src, "rb")
-    except OSError as exc:
-        raise ImportFileError(f"{src}: cannot read ({snapshot.describe_os_error(exc)})") from None
-    with f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = _decode_line(line)
-                user = User(row.name, row.age, row.ID, row.extras)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise ImportFileError(f"{src}:{number}: not a user record ({exc})") from None
-            except PydbmsError as exc:
-                raise ImportFileError(f"{src}:{number}: {exc}") from None
-            users.append(user)
-            if progress and len(users) % 10_000 == 0:
-                progress(10_000)
-    if progress:
-        progress(len(users) % 10_000)
-    return users
-
-
-def import_file(database: Any, src: str | os.PathLike[str], progress: Progress | None = None) -> int:
+def import_file(database: DataBase, src: str | os.PathLike[str], progress: Progress | None = None) -> int:
     """Add the users of a JSON-lines file (ours or the original pyDBMS's); returns how many were added."""
-    return database.add_users(read_user_lines(src, progress))
+    return database.import_file(src, progress)
 
 
 class FileManager:
@@ -115,11 +25,9 @@ class FileManager:
     ``output_file`` names the manifest; the shard files sit beside it.
     """
 
-    def __init__(self, database: Any, output_file: str | os.PathLike[str] = "users_db.json", autosave_interval: float = 5) -> None:
-        from .coordinator import DataBase
-
+    def __init__(self, database: DataBase, output_file: str | os.PathLike[str] = "users_db.json", autosave_interval: float = 5) -> None:
         if not isinstance(database, DataBase):
-            raise PydbmsValueError(f"database must be a DataBase, got {type(database).__name__}")
+            raise PydbmsTypeError(f"database must be a DataBase, got {type(database).__name__}")
         self.database = database
         self.output_file = Path(output_file)
         self.autosave_interval = autosave_interval
@@ -144,4 +52,4 @@ class FileManager:
         return convert_file(src, dst, format)
 
     def import_file(self, src: str | os.PathLike[str]) -> int:
-        return import_file(self.database, src)
+        return self.database.import_file(src)

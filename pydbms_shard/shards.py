@@ -12,9 +12,10 @@ import threading
 from typing import Any, Sequence
 
 import multiprocess
+import multiprocess.connection
 import multiprocess.spawn
 
-from .codec import decode_any, decode_parts
+from .codec import decode_any, decode_parts, encode
 from .errors import ShardError
 
 _LIVENESS_POLL_SECONDS = 0.25
@@ -48,17 +49,22 @@ class ShardHandle:
         self.index = index
         context = multiprocess.get_context(start_method)
         self.conn, child_conn = context.Pipe(duplex=True)
+        # the worker's snapshot writer reports on its own pipe, so a save is awaited without
+        # holding the DataBase lock or asking the worker anything
+        self.events, child_events = context.Pipe(duplex=False)
         watch_parent = os.getpid() if start_method == "fork" else 0
         self.process = context.Process(
-            target=main, args=(child_conn, index, shards, watch_parent), name=f"pydbms-shard-{index}", daemon=True
+            target=main, args=(child_conn, child_events, index, shards, watch_parent), name=f"pydbms-shard-{index}", daemon=True
         )
         _starting.shard = True
         try:
             self.process.start()
         finally:
             _starting.shard = False
-        child_conn.close()  # only the worker holds its end now: its death means EOF here
+        child_conn.close()  # only the worker holds its ends now: its death means EOF here
+        child_events.close()
         self.dead: str | None = None
+        self.unanswered = 0  # requests sent whose replies are not read yet
 
     @property
     def pid(self) -> int | None:
@@ -72,13 +78,22 @@ class ShardHandle:
         self.dead = f"worker process {self.pid} {how} (exit code {code})"
         return ShardError(self.index, self.dead)
 
+    def _out_of_step(self) -> None:
+        self.dead = "a call was interrupted half-way through a message; the pipe is out of step (close and reopen)"
+
     def send(self, message: bytes) -> None:
         if self.dead:
             raise ShardError(self.index, self.dead)
+        while self.unanswered:  # replies of a call that was interrupted: read and drop them
+            self.recv()
         try:
             self.conn.send_bytes(message)
         except (OSError, ValueError):
             raise self._died("is gone") from None
+        except BaseException:
+            self._out_of_step()
+            raise
+        self.unanswered += 1
 
     def recv(self) -> list[Any]:
         """The decoded reply parts ``[ok, ...]``."""
@@ -86,20 +101,30 @@ class ShardHandle:
             while not self.conn.poll(_LIVENESS_POLL_SECONDS):
                 if not self.process.is_alive():
                     raise self._died("died")
+        except (EOFError, OSError):
+            raise self._died("died") from None
+        try:
             data = self.conn.recv_bytes()
         except (EOFError, OSError):
             raise self._died("died") from None
+        except BaseException:
+            self._out_of_step()
+            raise
+        self.unanswered -= 1
         return decode_parts(data)
 
     def stop(self) -> None:
         """Ask the worker to exit, then make sure it has: join, terminate, kill."""
         if not self.dead and self.process.is_alive():
             try:
-                self.conn.send_bytes(b"\x91\xa4exit")
+                while self.unanswered:
+                    self.recv()
+                self.conn.send_bytes(encode(["exit"]))
                 self.conn.poll(_JOIN_SECONDS) and self.conn.recv_bytes()
-            except (OSError, EOFError, ValueError):
+            except (OSError, EOFError, ValueError, ShardError):
                 pass
         self.conn.close()
+        self.events.close()
         self.process.join(_JOIN_SECONDS)
         if self.process.is_alive():
             self.process.terminate()
@@ -108,6 +133,27 @@ class ShardHandle:
             self.process.kill()
             self.process.join()
         self.dead = self.dead or "closed"
+
+
+def wait_for_events(handles: Sequence[ShardHandle], timeout: float) -> list[tuple[ShardHandle, Any]]:
+    """Event messages from the handles' workers (decoded), or ``(handle, ShardError)`` for a
+    worker that died; empty after ``timeout`` seconds of silence."""
+    by_conn = {h.events: h for h in handles}
+    by_sentinel = {h.process.sentinel: h for h in handles}
+    ready = multiprocess.connection.wait([*by_conn, *by_sentinel], timeout)
+    out: list[tuple[ShardHandle, Any]] = []
+    for item in ready:
+        if item in by_conn:
+            handle = by_conn[item]
+            try:
+                out.append((handle, decode_any(handle.events.recv_bytes())))
+            except (EOFError, OSError):
+                out.append((handle, handle._died("died")))
+    for item in ready:
+        handle = by_sentinel.get(item)
+        if handle is not None and not any(h is handle for h, _ in out):
+            out.append((handle, handle._died("died")))
+    return out
 
 
 class ShardFailure(Exception):

@@ -116,16 +116,20 @@ def next_generation(manifest_path: Path) -> int:
 
 
 @contextmanager
-def writer_lock(manifest_path: Path) -> Iterator[None]:
-    """One writer per snapshot path, across threads and processes: a save's clean-up must
-    never see another save's files in flight. (An advisory flock on a hidden lock file.)"""
+def writer_lock(manifest_path: Path, shared: bool = False) -> Iterator[None]:
+    """One writer per snapshot path, across threads and processes, so a save's clean-up never
+    sees another save's files in flight; readers (``shared``) keep writers from rotating files
+    away under them. An advisory flock on a hidden lock file beside the manifest."""
     lock_path = manifest_path.parent / f".{manifest_path.name}.lock"
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
+        if shared and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOENT):
+            yield  # a directory nobody can write to: no writer to keep out
+            return
         raise SnapshotError(f"{manifest_path}: cannot create its lock file ({describe_os_error(exc)})") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -444,6 +448,7 @@ def commit_manifest(path: Path, manifest: Manifest, token: str, mode: int, keep:
     numbered = directory / _numbered_manifest_name(path.name, manifest.generation, token)
     tmp = directory / f".{path.name}.{token}.tmp"
     try:
+        fsync_dir(directory)  # the shard files' names are durable before a manifest names them
         write_bytes_durably(numbered, data, mode)
         write_bytes_durably(tmp, data, mode)
         os.replace(tmp, path)
@@ -520,13 +525,14 @@ def cleanup_failed_save(path: Path, generation: int, token: str) -> None:
 def backup_snapshot(src: Path, dst: Path, mode: int, keep: int) -> Manifest:
     """An independent copy of the snapshot at ``src``: hard links where possible, copies elsewhere."""
     src, dst = Path(src), Path(dst)
-    manifest = read_manifest(src)
-    files = manifest_files(src, manifest)
     if not dst.parent.is_dir():
         raise SnapshotError(f"{dst}: the directory {dst.parent} does not exist")
     if dst.resolve() == src.resolve():
         raise SnapshotError(f"{dst}: a backup must not replace the snapshot it copies")
-    with writer_lock(dst):
+    first, second = sorted([src, dst], key=lambda p: str(p.resolve()))  # one lock order: no deadlock
+    with writer_lock(first, shared=first == src), writer_lock(second, shared=second == src):
+        manifest = read_manifest(src)
+        files = manifest_files(src, manifest)
         return _backup_locked(manifest, files, dst, mode, keep)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pydbms_shard import DataBase, FileManager, ImportFileError, PydbmsValueError, SnapshotError, User, generate_users
+from pydbms_shard import DataBase, FileManager, ImportFileError, PydbmsTypeError, PydbmsValueError, SnapshotError, User, generate_users
 from pydbms_shard.bench.original import OriginalDataBase, OriginalUser
 from pydbms_shard.persistence import convert_file, import_file
 from pydbms_shard.snapshot import read_manifest
@@ -299,5 +299,5 @@ def test_import_missing_file(tmp_path, db):
 
 
 def test_filemanager_requires_a_database(tmp_path):
-    with pytest.raises(PydbmsValueError):
+    with pytest.raises(PydbmsTypeError):  # a wrong type: TypeError, as everywhere
         FileManager(database={}, output_file=tmp_path / "x.json")

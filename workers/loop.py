@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from itertools import compress
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,12 +41,12 @@ _PARENT_POLL_SECONDS = 0.5
 class ShardWorker:
     """The state of one shard process and a handler per command."""
 
-    def __init__(self, shard: int, shards: int) -> None:
+    def __init__(self, shard: int, shards: int, events: Any = None) -> None:
         self.shard, self.shards = shard, shards
+        self.events = events  # where the snapshot writer reports: [file path, ok, entry or error]
         self.partition = Partition()
         self.scans: dict[int, tuple[list, int]] = {}
         self.writer: threading.Thread | None = None
-        self.write_result: list[Any] | None = None
         self.staged: Partition | None = None
         self.stopping = False
         # op name -> (handler, which arguments stay encoded: those annotated ``Raw``)
@@ -54,7 +55,7 @@ class ShardWorker:
             if name.startswith("op_"):
                 handler = getattr(self, name)
                 params = [k for k in handler.__annotations__ if k != "return"]
-                raw = tuple(handler.__annotations__[k] == "Raw" for k in params)
+                raw = tuple(handler.__annotations__[k] in ("Raw", Raw) for k in params)
                 self.handlers[name[3:]] = (handler, raw)
 
     # ------------------------------------------------------------ writes
@@ -63,9 +64,11 @@ class ShardWorker:
         with gc_paused():
             return self.partition.add(decode_records(records))
 
-    def op_upsert(self, records: Raw) -> int:
+    def op_upsert(self, records: Raw) -> list:
+        """[how many were new, the IDs that were replaced]."""
         with gc_paused():
-            return self.partition.upsert(decode_records(records))
+            inserted, replaced = self.partition.upsert_detailed(decode_records(records))
+        return [inserted, replaced]
 
     def op_remove(self, ids: Raw, names: Raw) -> list[bytes]:
         return self.partition.remove(decode_bytes_list(ids), decode_str_list(names))
@@ -129,7 +132,6 @@ class ShardWorker:
         if self.writer is not None and self.writer.is_alive():
             raise RuntimeError("a snapshot of this shard is already being written")
         cut = self.partition.values()
-        self.write_result = None
         self.writer = threading.Thread(
             target=self._write, args=(Path(path), cut, level, mode), name=f"snapshot-writer-{self.shard}", daemon=True
         )
@@ -138,43 +140,41 @@ class ShardWorker:
 
     def _write(self, path: Path, cut: list, level: int, mode: int) -> None:
         try:
-            entry = snapshot.write_shard_file(path, cut, self.shard, self.shards, level, mode)
-            self.write_result = [True, entry]
+            result = [str(path), True, snapshot.write_shard_file(path, cut, self.shard, self.shards, level, mode)]
         except OSError as exc:
-            self.write_result = [False, f"{path}: cannot write ({snapshot.describe_os_error(exc)})"]
+            result = [str(path), False, f"{path}: cannot write ({snapshot.describe_os_error(exc)})"]
         except Exception as exc:  # reported to the coordinator, which raises SnapshotError
-            self.write_result = [False, f"{path}: {type(exc).__name__}: {exc}"]
-
-    def op_snap_wait(self, timeout: float) -> list | None:
-        """None while the write goes on (after waiting up to ``timeout``), then its result."""
-        if self.writer is None:
-            return [False, "no snapshot is being written"]
-        self.writer.join(timeout)
-        if self.writer.is_alive():
-            return None
-        self.writer = None
-        return self.write_result
+            result = [str(path), False, f"{path}: {type(exc).__name__}: {exc}"]
+        del cut
+        if self.events is not None:
+            try:
+                self.events.send_bytes(encode(result))
+            except OSError:
+                pass  # the coordinator is gone
 
     def op_load_stage(self, files: list, reroute: bool) -> int:
-        """Read and verify files into a staging partition; nothing changes until commit."""
+        """Read and verify files into a staging partition; nothing changes until commit.
+        With ``reroute`` (another shard count wrote them) every worker reads every file block
+        by block and keeps only the users that route to it."""
         self.staged = None
         records: list = []
         with gc_paused():
             for path, entry in files:
                 expect = snapshot.ManifestFile(**entry)
-                part = snapshot.read_shard_file(Path(path), expect)
-                if reroute and part:
-                    mine = shards_of_joined(b"".join([r.id for r in part]), self.shards) == self.shard
-                    part = [r for r, keep in zip(part, mine.tolist()) if keep]
-                records.extend(part)
+                if not reroute:
+                    records.extend(snapshot.read_shard_file(Path(path), expect))
+                    continue
+                for block in snapshot.iter_shard_file(Path(path), expect):
+                    if block:
+                        mine = shards_of_joined(b"".join([r.id for r in block]), self.shards) == self.shard
+                        records.extend(compress(block, mine.tolist()))
             self.staged = Partition(records)
         return len(self.staged)
 
     def op_load_commit(self) -> int:
         if self.staged is None:
             raise RuntimeError("nothing staged to commit")
-        self.partition, self.staged = self.staged, None
-        self.scans.clear()
+        self.partition, self.staged = self.staged, None  # open scans keep their own cut
         return len(self.partition)
 
     def op_load_abort(self) -> None:
@@ -211,11 +211,11 @@ def _rss_bytes() -> int:
         return 0
 
 
-def main(conn: Any, shard: int, shards: int, watch_parent: int) -> None:
+def main(conn: Any, events: Any, shard: int, shards: int, watch_parent: int) -> None:
     """Entry point of a shard process. ``watch_parent`` is the coordinator's pid under ``fork``
     (a forked child inherits other pipe ends, so end-of-file alone would not tell it), else 0."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
-    worker = ShardWorker(shard, shards)
+    worker = ShardWorker(shard, shards, events)
     while True:
         if watch_parent:
             while not conn.poll(_PARENT_POLL_SECONDS):

@@ -106,22 +106,26 @@ class Partition:
 
     def upsert(self, records: list[Record]) -> int:
         """Insert or replace; returns how many were new. A replaced record leaves no trace."""
+        return self.upsert_detailed(records)[0]
+
+    def upsert_detailed(self, records: list[Record]) -> tuple[int, list[bytes]]:
+        """Insert or replace; returns how many were new and the IDs that were replaced."""
         by_id, by_name, index = self.by_id, self.by_name, self._index
-        inserted = []
+        inserted, replaced = [], []
         for record in records:
             id_ = record.id
             old = by_id.get(id_)
+            by_id[id_] = record
             if old is None:
                 inserted.append(id_)
-            elif old.name != record.name:
-                self._unindex(old.name, id_)
             else:
-                by_id[id_] = record
-                continue
-            by_id[id_] = record
+                replaced.append(id_)
+                if old.name == record.name:
+                    continue  # the name index already holds this ID under this name
+                self._unindex(old.name, id_)
             index(by_name, record.name, id_)
         self.ids.add_new(as_rows(b"".join(inserted)))
-        return len(inserted)
+        return len(inserted), replaced
 
     def remove(self, ids: list[bytes], names: list[str]) -> list[bytes]:
         """Remove by ID, then every user with each name; returns the IDs removed."""

@@ -8,6 +8,7 @@ PNG chart.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -337,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     shard_counts = args.shards or parse_shards(QUICK_SHARDS if args.quick else FULL_SHARDS)
     if users < 10:
         build_parser().error(f"--users must be at least 10, got {users}")
+    missing = [name for name in ("psutil", "matplotlib") if importlib.util.find_spec(name) is None]
+    if missing and not (args.no_chart and missing == ["matplotlib"]):
+        print(f"pydbms bench: error: needs {' and '.join(missing)}: pip install 'pydbms-shard[bench]'", file=sys.stderr)
+        return 2
     cpus = os.cpu_count() or 1
 
     started = time.perf_counter()
