@@ -198,3 +198,10 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     assert piped.stderr == ""  # no bar when stderr is not a terminal
     code, output = _run_on_terminal(["convert", "big.json", "out.jsonl", "--quiet"], tmp_path)
     assert code == EXIT_OK and "%|" not in output
+
+
+def test_bench_subcommand_runs_the_benchmark(tmp_path: Path) -> None:
+    result = run("bench", "--users", "300", "--iterations", "1", "--shards", "1", "--no-chart", "--quiet", "--output", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert "reference (a)" in result.stdout and "Check Users by ID" in result.stdout
+    assert list(tmp_path.glob("bench-*.json"))

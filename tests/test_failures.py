@@ -112,3 +112,34 @@ def test_calls_go_on_while_a_save_writes(tmp_path, monkeypatch):
         assert saver.is_alive(), "the save should still be writing"
         saver.join()
         assert took < 0.5, f"20 gets took {took:.2f} s during a save"
+
+
+def test_each_thread_reads_its_own_writes_through_the_cache():
+    """Threads replace their own users over and over; right after each upsert returns, a get
+    (served by the cache when it can be) must show the new version."""
+    import threading
+
+    errors = []
+    with DataBase(shards=2, start_method="fork", cache_size=50) as db:
+        def work(t: int) -> None:
+            mine = generate_users(20, seed=100 + t)
+            db.add_users(mine)
+            for round_ in range(30):
+                for user in mine[round_ % 20 : round_ % 20 + 3]:
+                    newer = User(f"{user.name}-{round_}", (user.age + round_) % 150, user.ID)
+                    db.get(user.ID)  # fill the cache with the old version
+                    db.upsert_users([newer])
+                    got = db.get(user.ID)
+                    if got is None or got.name != newer.name:
+                        errors.append((t, round_, got))
+                if round_ % 10 == 0:
+                    db.remove_users([mine[0].name])
+                    if db.get(mine[0].ID) is not None and db.get(mine[0].ID).name == mine[0].name:
+                        errors.append((t, round_, "removed user still served"))
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []

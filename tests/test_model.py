@@ -46,11 +46,27 @@ def as_id(item) -> uuid.UUID:
 
 
 class DataBaseMachine(RuleBasedStateMachine):
-    def __init__(self, db: DataBase) -> None:
+    def __init__(self, db: DataBase, snapshot_path=None) -> None:
         super().__init__()
         self.db = db
         db.clear_database()
         self.model: dict[uuid.UUID, User] = {}
+        self.snapshot_path = snapshot_path
+        self.saved: dict[uuid.UUID, User] | None = None
+
+    # ---------------------------------------------------------- snapshots
+
+    @rule()
+    def save(self):
+        self.db.save(self.snapshot_path)
+        self.saved = dict(self.model)
+
+    @precondition(lambda self: self.saved is not None)
+    @rule()
+    def load(self):
+        """Writes since the save vanish: a cached user from after it must not come back."""
+        self.db.load(self.snapshot_path)
+        self.model = dict(self.saved)
 
     # ---------------------------------------------------------- writes
 
@@ -161,9 +177,9 @@ class DataBaseMachine(RuleBasedStateMachine):
 
 
 @pytest.fixture(scope="module", params=[1, 2, 3], ids=lambda n: f"{n}shards")
-def model_db(request):
+def model_db(request, tmp_path_factory):
     with DataBase(shards=request.param, iter_chunk_size=3, cache_size=5) as database:
-        yield database
+        yield database, tmp_path_factory.mktemp("model") / "snap.json"
 
 
 def test_id_pool_reaches_every_shard():
@@ -174,7 +190,7 @@ def test_id_pool_reaches_every_shard():
 
 def test_random_call_sequences_match_a_dict_model(model_db):
     run_state_machine_as_test(
-        lambda: DataBaseMachine(model_db),
+        lambda: DataBaseMachine(*model_db),
         settings=settings(
             max_examples=40,
             stateful_step_count=30,
