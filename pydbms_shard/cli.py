@@ -72,21 +72,23 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number (``1_000_000`` allowed) of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def _shard_count(text: str) -> int:
-    value = _positive(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("expected at least 1 shard")
-    return value
+_positive = whole_number(0)
+_shard_count = whole_number(1)
 
 
 def _save_with_progress(db: DataBase, path: Path, users: int, progress: _Progress) -> None:

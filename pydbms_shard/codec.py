@@ -39,11 +39,9 @@ decode_parts = msgspec.msgpack.Decoder(list[msgspec.Raw]).decode
 decode_users = msgspec.msgpack.Decoder(list[User]).decode
 decode_records = msgspec.msgpack.Decoder(list[Record]).decode
 decode_optional_users = msgspec.msgpack.Decoder(list[User | None]).decode
-decode_optional_records = msgspec.msgpack.Decoder(list[Record | None]).decode
 decode_find_reply = msgspec.msgpack.Decoder(tuple[list[int], list[User]]).decode
 decode_bytes_list = msgspec.msgpack.Decoder(list[bytes]).decode
 decode_str_list = msgspec.msgpack.Decoder(list[str]).decode
-decode_int_list = msgspec.msgpack.Decoder(list[int]).decode
 decode_str = msgspec.msgpack.Decoder(str).decode
 decode_any = msgspec.msgpack.Decoder().decode
 

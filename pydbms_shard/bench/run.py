@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..cli import whole_number
 from .workload import (
     BATCH_ROWS,
     DEFAULT_SEED,
@@ -37,14 +38,7 @@ BACKUP_LIMIT_S = 0.050
 CACHED_GET_LIMIT_US, UNCACHED_GET_LIMIT_US = 5.0, 100.0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+_positive_int = whole_number(1)
 
 
 def parse_shards(text: str) -> list[int]:
