@@ -8,8 +8,13 @@ if [ ! -x "$ROOT/.venv/bin/python" ]; then
 fi
 STAMP="$ROOT/.venv/.pydbms-installed"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
-    "$ROOT/.venv/bin/python" -m pip install --quiet --upgrade pip >&2
-    "$ROOT/.venv/bin/python" -m pip install --quiet -e "$ROOT[dev]" >&2
+    echo "setting up $ROOT/.venv (the project and its dev extra; log in .venv/install.log)..." >&2
+    if ! { "$ROOT/.venv/bin/python" -m pip install --upgrade pip \
+           && "$ROOT/.venv/bin/python" -m pip install -e "$ROOT[dev]"; } > "$ROOT/.venv/install.log" 2>&1; then
+        tail -n 30 "$ROOT/.venv/install.log" >&2
+        echo "installing failed; the whole log is $ROOT/.venv/install.log" >&2
+        exit 1
+    fi
     touch "$STAMP"
 fi
 VENV_PY="$ROOT/.venv/bin/python"
