@@ -35,7 +35,7 @@ class CommandError(Exception):
         self.code = code
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -153,7 +153,7 @@ def cmd_info(args: argparse.Namespace, progress: _Progress) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, progress: _Progress) -> int:
-    path = Path(args.path)
+    path = snapshot.manifest_location(args.path)
     try:
         m = snapshot.read_manifest(path)
         with progress.bar(m.users, "verifying") as advance:
@@ -223,14 +223,14 @@ def cmd_find(args: argparse.Namespace, progress: _Progress) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="pydbms",
         description="pydbms-shard from the shell: make, inspect, verify, convert and query snapshots.",
         epilog="Exit codes: 0 ok; 1 verify found damage or get/find found nothing for an item; 2 bad command "
         "line or argument; 3 bad config; 4 snapshot missing/damaged/unwritable; 5 bad line in an imported file; "
         "6 other error; 130 interrupted.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
 
     def command(name: str, help: str, engine: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[:1] == ["bench"]:
             from .bench.run import main as bench_main
 
-            return bench_main(argv[1:])
+            return bench_main(argv[1:], prog="pydbms bench")
         args = build_parser().parse_args(argv)
         if args.command is None:
             build_parser().print_help()

@@ -14,6 +14,9 @@ from .errors import ConfigError
 
 
 
+MAX_AUTOSAVE_INTERVAL = 31_536_000  # a year: longer waits overflow the platform's timers
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """Validated settings. Build with ``Config.from_yaml(path)`` or ``Config.from_mapping(d)``."""
 
@@ -22,7 +25,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     cache_size: Annotated[int, msgspec.Meta(ge=0)] = 100_000
     iter_chunk_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
     snapshot_path: str | None = None
-    autosave_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    autosave_interval: Annotated[float, msgspec.Meta(ge=0, le=MAX_AUTOSAVE_INTERVAL)] = 0.0
     compression_level: Annotated[int, msgspec.Meta(ge=1, le=22)] = 1
     keep_generations: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 2
     file_mode: Annotated[str, msgspec.Meta(pattern="^0?[0-7]{3}$")] = "0600"
@@ -46,9 +49,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
         if bad:
             raise ConfigError(f"{source}: unknown key {bad[0]!r} (keys are strings such as 'shards')")
         try:
-            return msgspec.convert(data, cls, strict=True)
+            config = msgspec.convert(data, cls, strict=True)
         except msgspec.ValidationError as exc:
             raise ConfigError(f"{source}: {_explain(exc)}") from None
+        if (config.save_on_close or config.autosave_interval) and not config.snapshot_path:
+            raise ConfigError(f"{source}: key 'snapshot_path': save_on_close and autosave_interval need a snapshot_path")
+        return config
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> Config:
@@ -56,6 +62,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

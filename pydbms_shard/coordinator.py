@@ -7,11 +7,13 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from .codec import (
     id_bytes_of_rows,
     pack_rows,
 )
-from .config import Config, load_config
+from .config import MAX_AUTOSAVE_INTERVAL, Config, load_config
 from .errors import ClosedError, ConfigError, PydbmsTypeError, PydbmsValueError, ShardError, SnapshotError
 from .routing import HASH_SCHEME, shard_of, shards_of, split_positions
 from .shards import ShardFailure, ShardHandle, exchange, wait_for_events
@@ -124,11 +126,30 @@ def _take(items: list, positions: np.ndarray) -> list:
     return list(itemgetter(*positions.tolist())(items))
 
 
+@contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back until the block ends: a call interrupted between its messages and
+    their replies would leave shards changed behind the coordinator's back. (Main thread
+    with Python's default handler only; elsewhere there is nothing to defer.)"""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda *frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
+
+
 def _locked(method):
-    """Run the method holding the DataBase's lock, on an open DataBase: each call is atomic."""
+    """Run the method holding the DataBase's lock, on an open DataBase: each call is atomic,
+    Ctrl-C included (it takes effect when the call is done)."""
 
     def wrapper(self: DataBase, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
+        with self._lock, ctrl_c_deferred():
             if self._closed:
                 raise ClosedError("this DataBase is closed")
             if self._scans_to_close:
@@ -149,8 +170,6 @@ class DataBase:
 
     def __init__(self, config: Config | str | os.PathLike[str] | None = None, **overrides: Any) -> None:
         self.config = load_config(config, overrides)
-        if (self.config.save_on_close or self.config.autosave_interval) and not self.config.snapshot_path:
-            raise ConfigError("key 'snapshot_path': save_on_close and autosave_interval need a snapshot_path")
         self._lock = threading.RLock()
         self._save_lock = threading.Lock()
         self._closed = False
@@ -454,7 +473,7 @@ class DataBase:
     def __iter__(self) -> Iterator[User]:
         """Every user, streamed shard by shard in chunks, as of the first ``next()``."""
         token = next(self._scan_tokens)
-        with self._lock:
+        with self._lock, ctrl_c_deferred():
             if self._closed:
                 raise ClosedError("this DataBase is closed")
             self._release_closed_scans()
@@ -465,7 +484,7 @@ class DataBase:
                 for _ in range(0, count, chunk):
                     messages: list[bytes | None] = [None] * len(self._shards)
                     messages[shard] = encode(["scan_next", token, chunk])
-                    with self._lock:
+                    with self._lock, ctrl_c_deferred():
                         if self._closed:
                             raise ClosedError("this DataBase was closed during iteration")
                         reply = exchange(self._shards, messages)[shard]
@@ -508,7 +527,7 @@ class DataBase:
                 raise SnapshotError("no path given and no snapshot_path configured")
         if not isinstance(path, (str, os.PathLike)):
             raise PydbmsTypeError(f"a snapshot path must be a str or a path, got {type(path).__name__}: {path!r:.80}")
-        return Path(path).absolute()
+        return snapshot.manifest_location(path)
 
     def save(self, path: str | os.PathLike[str] | None = None) -> snapshot.Manifest:
         """Write a consistent snapshot: one file per shard, written by the shards in parallel,
@@ -522,7 +541,7 @@ class DataBase:
             level, mode = self.config.compression_level, self.config.file_mode_bits
             names = [path.parent / snapshot.shard_file_name(path.name, generation, token, s) for s in range(n)]
             try:
-                with self._lock:
+                with self._lock, ctrl_c_deferred():
                     if self._closed:
                         raise ClosedError("this DataBase is closed")
                     started = time.perf_counter()
@@ -581,7 +600,7 @@ class DataBase:
                 messages = [encode(["load_stage", [spec[s]], False]) for s in range(n)]
             else:
                 messages = [encode(["load_stage", spec, True])] * n
-            with self._lock:
+            with self._lock, ctrl_c_deferred():
                 if self._closed:
                     raise ClosedError("this DataBase is closed")
                 try:
@@ -625,8 +644,10 @@ class DataBase:
     def start_autosave(self, interval: float | None = None, path: str | os.PathLike[str] | None = None) -> None:
         """Save every ``interval`` seconds, only when something changed since the last save."""
         interval = self.config.autosave_interval if interval is None else interval
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
-            raise ConfigError(f"key 'autosave_interval': must be a number of seconds above 0, got {interval!r}")
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval <= MAX_AUTOSAVE_INTERVAL:
+            raise ConfigError(
+                f"key 'autosave_interval': must be a number of seconds above 0 and at most {MAX_AUTOSAVE_INTERVAL:,}, got {interval!r}"
+            )
         target = self._snapshot_path(path)
         ref = weakref.ref(self)
 

@@ -46,7 +46,10 @@ def generate_users(n: int, seed: int | None = None) -> list[User]:
     if seed is not None and seed < 0:
         raise PydbmsValueError(f"seed must not be negative, got {seed}")
     rng = np.random.default_rng(seed)
-    records = np.empty((n, _RECORD), dtype=np.uint8)
+    try:
+        records = np.empty((n, _RECORD), dtype=np.uint8)
+    except (ValueError, MemoryError):
+        raise PydbmsValueError(f"n is too large for this machine's memory: {n:,}") from None
     records[:, 0] = 0x94
     records[:, 1] = 0xA0 | NAME_LENGTH
     records[:, 2 : 2 + NAME_LENGTH] = _LETTER_BYTES[rng.integers(0, len(_LETTER_BYTES), (n, NAME_LENGTH))]

@@ -44,7 +44,7 @@ def convert_file(
     holds the same personal data); returns the user count."""
     if format not in ("jsonl", "text"):
         raise PydbmsValueError(f"format must be 'jsonl' or 'text', got {format!r}")
-    src, dst = Path(src), Path(dst)
+    src, dst = snapshot.manifest_location(src), Path(dst)
     manifest = snapshot.read_manifest(src)
     files = snapshot.manifest_files(src, manifest)
     if dst.resolve() in {src.resolve(), *(p.resolve() for p, _ in files)}:

@@ -115,12 +115,23 @@ def next_generation(manifest_path: Path) -> int:
 # ---------------------------------------------------------------- low-level IO
 
 
+def manifest_location(path: str | os.PathLike[str]) -> Path:
+    """Where a snapshot really lives: a symlinked manifest means the files beside its target."""
+    path = Path(path).absolute()
+    return path.resolve() if path.is_symlink() else path
+
+
+_NUMBERED = re.compile(r"^(.*)\.g\d{8}-[0-9a-f]{8}\.manifest$")
+
+
 @contextmanager
 def writer_lock(manifest_path: Path, shared: bool = False) -> Iterator[None]:
     """One writer per snapshot path, across threads and processes, so a save's clean-up never
     sees another save's files in flight; readers (``shared``) keep writers from rotating files
     away under them. An advisory flock on a hidden lock file beside the manifest."""
-    lock_path = manifest_path.parent / f".{manifest_path.name}.lock"
+    numbered = _NUMBERED.match(manifest_path.name)  # an older generation's manifest: the path's lock
+    base = numbered.group(1) if numbered else manifest_path.name
+    lock_path = manifest_path.parent / f".{base}.lock"
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
@@ -421,8 +432,23 @@ def manifest_files(path: Path, manifest: Manifest) -> list[tuple[Path, ManifestF
         except OSError as exc:
             raise SnapshotError(f"{file_path}: cannot read ({describe_os_error(exc)})") from None
         _check_size(file_path, size, entry)
+        _check_layout(file_path, entry, manifest.shards)
         out.append((file_path, entry))
     return out
+
+
+def _check_layout(path: Path, entry: ManifestFile, shards: int) -> None:
+    """The header must say the shard and shard count the manifest says, or users would be
+    loaded onto shards their IDs do not route to."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(HEADER.size)
+    except OSError as exc:
+        raise SnapshotError(f"{path}: cannot read ({describe_os_error(exc)})") from None
+    _check_header(path, header, entry)
+    written_for = HEADER.unpack(header)[4]
+    if written_for != shards:
+        raise SnapshotError(f"{path}: written by a {written_for}-shard save, the manifest says {shards} shards")
 
 
 def build_manifest(generation: int, shards: int, files: list[ManifestFile]) -> Manifest:
@@ -524,7 +550,7 @@ def cleanup_failed_save(path: Path, generation: int, token: str) -> None:
 
 def backup_snapshot(src: Path, dst: Path, mode: int, keep: int) -> Manifest:
     """An independent copy of the snapshot at ``src``: hard links where possible, copies elsewhere."""
-    src, dst = Path(src), Path(dst)
+    src, dst = manifest_location(src), manifest_location(dst)
     if not dst.parent.is_dir():
         raise SnapshotError(f"{dst}: the directory {dst.parent} does not exist")
     if dst.resolve() == src.resolve():
@@ -575,7 +601,7 @@ def _copy_durably(src: Path, dst: Path, mode: int) -> None:
 
 def verify_snapshot(path: Path) -> Manifest:
     """Read every file the manifest names and check every checksum and count."""
-    path = Path(path)
+    path = manifest_location(path)
     manifest = read_manifest(path)
     for file_path, entry in manifest_files(path, manifest):
         for _ in iter_shard_file(file_path, entry):

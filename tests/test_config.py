@@ -55,7 +55,7 @@ def test_empty_file_means_defaults(tmp_path):
 def test_file_values_are_read(tmp_path):
     path = write(
         tmp_path,
-        "shards: 3\nstart_method: spawn\ncache_size: 0\niter_chunk_size: 5\nfile_mode: '0640'\nautosave_interval: 2.5\n",
+        "shards: 3\nstart_method: spawn\ncache_size: 0\niter_chunk_size: 5\nfile_mode: '0640'\nautosave_interval: 2.5\nsnapshot_path: db.json\n",
     )
     config = Config.from_yaml(path)
     assert (config.shards, config.start_method, config.cache_size, config.iter_chunk_size) == (3, "spawn", 0, 5)

@@ -143,3 +143,96 @@ def test_each_thread_reads_its_own_writes_through_the_cache():
         for thread in threads:
             thread.join()
     assert errors == []
+
+
+def test_ctrl_c_while_replies_are_awaited_takes_effect_after_the_call(monkeypatch):
+    """Ctrl-C (fault-injected as SIGINT raised while replies are awaited) must not leave the
+    shards changed behind the cache and the change count: it is raised once the call is done."""
+    from pydbms_shard.shards import ShardHandle
+
+    users = generate_users(500, seed=8)
+    newer = [User(u.name + "-new", u.age, u.ID) for u in users]
+    with DataBase(shards=2, start_method="fork") as db:
+        db.add_users(users)
+        assert db.get(users[5].ID).name == users[5].name  # cached
+        before = db.stats()["changes_since_save"]
+        real = ShardHandle.recv
+
+        def recv_with_ctrl_c(self):
+            signal.raise_signal(signal.SIGINT)
+            return real(self)
+
+        monkeypatch.setattr(ShardHandle, "recv", recv_with_ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            db.upsert_users(newer)
+        monkeypatch.undo()
+        assert db.get(users[5].ID).name == users[5].name + "-new"
+        assert db.stats()["changes_since_save"] == before + 500
+        assert len(db) == 500
+
+
+def test_manifest_must_agree_with_the_file_headers_on_the_shard_count(tmp_path):
+    import json
+
+    from pydbms_shard import SnapshotError
+
+    with DataBase(shards=3, start_method="fork") as db:
+        db.add_users(generate_users(300, seed=9))
+        db.save(tmp_path / "three.json")
+    manifest = json.loads((tmp_path / "three.json").read_text())
+    manifest["files"] = manifest["files"][:2]
+    manifest["shards"] = 2
+    manifest["users"] = sum(f["users"] for f in manifest["files"])
+    (tmp_path / "two.json").write_text(json.dumps(manifest))
+    with DataBase(shards=2, start_method="fork") as db:
+        with pytest.raises(SnapshotError, match="3-shard save"):
+            db.load(tmp_path / "two.json")
+        assert len(db) == 0
+
+
+def test_a_symlinked_manifest_is_followed_for_load_and_save(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link.json"
+    link.symlink_to(real / "db.json")
+    users = generate_users(50, seed=10)
+    with DataBase(shards=2, start_method="fork") as db:
+        db.add_users(users[:40])
+        db.save(real / "db.json")
+        db.load(link)
+        assert len(db) == 40
+        db.add_users(users[40:])
+        db.save(link)
+    assert link.is_symlink()
+    with DataBase(shards=1, start_method="fork") as db:
+        db.load(real / "db.json")
+        assert len(db) == 50
+
+
+@pytest.mark.parametrize("interval", [float("inf"), 1e12])
+def test_an_autosave_interval_too_long_to_wait_is_refused(tmp_path, interval):
+    from pydbms_shard import Config, ConfigError
+
+    with DataBase(shards=1, start_method="fork") as db:
+        with pytest.raises(ConfigError, match="autosave_interval"):
+            db.start_autosave(interval, tmp_path / "a.json")
+    with pytest.raises(ConfigError, match="autosave_interval"):
+        Config.from_mapping({"autosave_interval": interval, "snapshot_path": str(tmp_path / "a.json")})
+
+
+def test_a_config_file_that_is_not_text_names_the_file(tmp_path):
+    from pydbms_shard import Config, ConfigError
+
+    bad = tmp_path / "binary.yaml"
+    bad.write_bytes(b"\xff\xfe\x00shards")
+    with pytest.raises(ConfigError, match="binary.yaml"):
+        Config.from_yaml(bad)
+
+
+def test_autosave_without_a_path_in_a_file_names_the_file(tmp_path):
+    from pydbms_shard import Config, ConfigError
+
+    cfg = tmp_path / "auto.yaml"
+    cfg.write_text("autosave_interval: 5\n")
+    with pytest.raises(ConfigError, match="auto.yaml.*snapshot_path"):
+        Config.from_yaml(cfg)

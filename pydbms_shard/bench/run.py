@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..cli import whole_number
+from ..cli import CommandError, OneLineParser, whole_number
 from .workload import (
     BATCH_ROWS,
     DEFAULT_SEED,
@@ -65,7 +65,7 @@ def parse_shards(text: str) -> list[int]:
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog,
         description="Run the reference workload (shared/WORKLOAD.md) on pydbms-shard and on two references: "
         "(a) the original pyDBMS design and (b) SQLite. Prints the original's table with a ratio column "
@@ -325,13 +325,18 @@ def record_count(records: list[dict[str, Any]], row: str) -> int:
 # ---------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    users = args.users or (QUICK_USERS if args.quick else FULL_USERS)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = build_parser(prog)
+    try:
+        args = parser.parse_args(argv)
+        users = args.users or (QUICK_USERS if args.quick else FULL_USERS)
+        if users < 10:
+            parser.error(f"--users must be at least 10, got {users}")
+    except CommandError as exc:  # a bad command line: one line, exit 2
+        print(exc, file=sys.stderr)
+        return exc.code
     iterations = args.iterations or (QUICK_ITERATIONS if args.quick else FULL_ITERATIONS)
     shard_counts = args.shards or parse_shards(QUICK_SHARDS if args.quick else FULL_SHARDS)
-    if users < 10:
-        build_parser().error(f"--users must be at least 10, got {users}")
     missing = [name for name in ("psutil", "matplotlib") if importlib.util.find_spec(name) is None]
     if missing and not (args.no_chart and missing == ["matplotlib"]):
         print(f"pydbms bench: error: needs {' and '.join(missing)}: pip install 'pydbms-shard[bench]'", file=sys.stderr)
