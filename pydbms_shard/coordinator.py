@@ -13,7 +13,6 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
@@ -126,22 +125,41 @@ def _take(items: list, positions: np.ndarray) -> list:
     return list(itemgetter(*positions.tolist())(items))
 
 
-@contextmanager
-def ctrl_c_deferred() -> Iterator[None]:
-    """Hold Ctrl-C back until the block ends: a call interrupted between its messages and
-    their replies would leave shards changed behind the coordinator's back. (Main thread
-    with Python's default handler only; elsewhere there is nothing to defer.)"""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    caught: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda *frame: caught.append(frame))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            raise KeyboardInterrupt
+class _CtrlCDeferred:
+    """Holds Ctrl-C back until the outermost call on the main thread is done: a call
+    interrupted between its messages and their replies would leave shards changed behind the
+    coordinator's back. Python's default SIGINT handler is replaced, once, by one that acts
+    exactly like it when no call is in flight; a handler of the user's own is left alone."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending = False
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.depth:
+            self.pending = True
+        else:
+            signal.default_int_handler(signum, frame)
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, self._on_sigint)
+            self.depth += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.depth -= 1
+            if not self.depth and self.pending:
+                self.pending = False
+                raise KeyboardInterrupt
+
+
+_ctrl_c = _CtrlCDeferred()
+
+
+def ctrl_c_deferred() -> _CtrlCDeferred:
+    return _ctrl_c
 
 
 def _locked(method):
@@ -436,13 +454,17 @@ class DataBase:
                         out[pos] = user
         return out
 
-    @_locked
     def get(self, id: uuid.UUID | str | User) -> User | None:
         """The user with this ID, or None. Served from the read cache when it can be."""
         raw = self._one_id(id, "get").bytes
-        user = self._cache.get(raw)
-        if user is not None:
-            return user
+        with self._lock:  # a hit crosses no pipe: just the lock and the cache
+            if self._closed:
+                raise ClosedError("this DataBase is closed")
+            user = self._cache.get(raw)
+        return user if user is not None else self._get_from_shard(raw)
+
+    @_locked
+    def _get_from_shard(self, raw: bytes) -> User | None:
         shard = shard_of(raw, len(self._shards)) if len(self._shards) > 1 else 0
         message = encode(["get", Raw(array_header(1) + b"\xc4\x10" + raw)])
         messages: list[bytes | None] = [None] * len(self._shards)
