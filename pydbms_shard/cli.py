@@ -8,7 +8,6 @@ line in an imported file; 6 any other pydbms error (e.g. a shard worker died); 1
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path

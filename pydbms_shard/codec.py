@@ -12,7 +12,6 @@ viewed as an ``(n, 18)`` numpy array and split by shard without touching each it
 from __future__ import annotations
 
 import gc
-import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
 

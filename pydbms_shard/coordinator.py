@@ -5,7 +5,6 @@ message per shard, and merges the replies. Per-item work happens in the workers 
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import signal
 import threading
@@ -13,6 +12,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,6 @@ from .errors import ClosedError, ConfigError, PydbmsTypeError, PydbmsValueError,
 from .routing import HASH_SCHEME, shard_of, shards_of, split_positions
 from .shards import ShardFailure, ShardHandle, exchange, wait_for_events
 from .user import User, check_id
-
-log = logging.getLogger("pydbms_shard")
 
 _ID = attrgetter("ID")
 _EMPTY_LIST = encode([])
@@ -158,20 +156,11 @@ class _CtrlCDeferred:
 _ctrl_c = _CtrlCDeferred()
 
 
-def ctrl_c_deferred() -> _CtrlCDeferred:
-    return _ctrl_c
-
-
 def _locked(method):
-    """Run the method holding the DataBase's lock, on an open DataBase: each call is atomic,
-    Ctrl-C included (it takes effect when the call is done)."""
+    """Run the method as one call (see ``DataBase._call``)."""
 
     def wrapper(self: DataBase, *args: Any, **kwargs: Any) -> Any:
-        with self._lock, ctrl_c_deferred():
-            if self._closed:
-                raise ClosedError("this DataBase is closed")
-            if self._scans_to_close:
-                self._release_closed_scans()
+        with self._call():
             return method(self, *args, **kwargs)
 
     wrapper.__name__, wrapper.__doc__, wrapper.__qualname__ = method.__name__, method.__doc__, method.__qualname__
@@ -239,6 +228,17 @@ class DataBase:
     @property
     def shard_count(self) -> int:
         return len(self._shards)
+
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        """One atomic call: the DataBase's lock held, Ctrl-C held back until the end, on an
+        open DataBase, with the cuts of dropped iterators released first."""
+        with self._lock, _ctrl_c:
+            if self._closed:
+                raise ClosedError("this DataBase is closed")
+            if self._scans_to_close:
+                self._release_closed_scans()
+            yield
 
     def _all(self, *message: Any) -> list[Any]:
         return exchange(self._shards, [encode(message)] * len(self._shards))
@@ -495,10 +495,7 @@ class DataBase:
     def __iter__(self) -> Iterator[User]:
         """Every user, streamed shard by shard in chunks, as of the first ``next()``."""
         token = next(self._scan_tokens)
-        with self._lock, ctrl_c_deferred():
-            if self._closed:
-                raise ClosedError("this DataBase is closed")
-            self._release_closed_scans()
+        with self._call():
             counts = [decode_any(c) for c in self._all("scan_open", token)]
         chunk = self.config.iter_chunk_size
         try:
@@ -506,9 +503,7 @@ class DataBase:
                 for _ in range(0, count, chunk):
                     messages: list[bytes | None] = [None] * len(self._shards)
                     messages[shard] = encode(["scan_next", token, chunk])
-                    with self._lock, ctrl_c_deferred():
-                        if self._closed:
-                            raise ClosedError("this DataBase was closed during iteration")
+                    with self._call():
                         reply = exchange(self._shards, messages)[shard]
                     with gc_paused():
                         users = decode_users(reply)
@@ -563,9 +558,7 @@ class DataBase:
             level, mode = self.config.compression_level, self.config.file_mode_bits
             names = [path.parent / snapshot.shard_file_name(path.name, generation, token, s) for s in range(n)]
             try:
-                with self._lock, ctrl_c_deferred():
-                    if self._closed:
-                        raise ClosedError("this DataBase is closed")
+                with self._call():
                     started = time.perf_counter()
                     begun = exchange(
                         self._shards, [encode(["snap_begin", str(names[s]), level, mode]) for s in range(n)], return_exceptions=True
@@ -622,9 +615,7 @@ class DataBase:
                 messages = [encode(["load_stage", [spec[s]], False]) for s in range(n)]
             else:
                 messages = [encode(["load_stage", spec, True])] * n
-            with self._lock, ctrl_c_deferred():
-                if self._closed:
-                    raise ClosedError("this DataBase is closed")
+            with self._call():
                 try:
                     exchange(self._shards, messages)
                 except (ShardError, ShardFailure) as exc:

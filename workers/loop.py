@@ -15,7 +15,6 @@ from itertools import compress
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from pydbms_shard import snapshot
 from pydbms_shard.codec import (
