@@ -1,5 +1,7 @@
-"""asv benchmarks: every row of the reference workload (shared/WORKLOAD.md) for our engine,
-over shard count (1, 2, 4) and user count (100k, 1M); batches are a tenth of the users.
+"""asv benchmarks: every row of the reference workload (the original pyDBMS benchmark's rows) for
+our engine, over shard count (1, 2, 4) and user count (100k, 1M); batches are a tenth of the
+users. Then what durability costs (the write-ahead log against the same engine in memory): a
+logged batch add, single adds per fsync policy, and recovery from the log against a snapshot.
 
 Only the public API is used (``DataBase``, ``generate_users``), so the suite also runs
 against older commits. ``setup_cache`` (shared by every class: asv keys it by source line)
@@ -27,6 +29,18 @@ SHARDS = [1, 2, 4]
 USERS = [100_000, 1_000_000]
 SEED = 20_240_501
 GET_SAMPLES = 1000
+
+
+def _close_and_clean(bench: object) -> None:
+    """Close a benchmark's DataBase and remove its temporary folder, if it has them."""
+    db = getattr(bench, "db", None)
+    if db is not None:
+        db.close()
+        bench.db = None  # type: ignore[attr-defined]
+    tmp = getattr(bench, "tmp", None)
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        bench.tmp = None  # type: ignore[attr-defined]
 
 
 def _key(shards: int, users: int) -> str:
@@ -83,14 +97,7 @@ class _Suite:
         return [getattr(self.population[i], field) for i in picked]
 
     def teardown(self, cache: dict, shards: int, users: int) -> None:
-        db = getattr(self, "db", None)
-        if db is not None:
-            db.close()
-            self.db = None
-        tmp = getattr(self, "tmp", None)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.tmp = None
+        _close_and_clean(self)
 
 
 class AddUsers(_Suite):
@@ -215,3 +222,127 @@ class Footprint(_Suite):
         return (loaded - empty) / users
 
     track_bytes_per_user.unit = "bytes"
+
+
+# ---------------------------------------------------------------- durability
+#
+# The write-ahead log against the same engine in memory, 2 shards, 100k users. Compare the
+# params of one benchmark with each other ("memory" is a DataBase without a snapshot path, so
+# without a log); scripts/bench prints the same comparisons as ratios with their targets.
+
+DURABLE_SHARDS = 2
+DURABLE_USERS = 100_000
+DURABLE_BATCHES = 3
+SINGLE_ADDS = 1000
+NO_CHECKPOINT_BYTES = 1 << 50  # no automatic checkpoint may move logged users into a snapshot
+
+
+class _Durable:
+    number = 1
+    repeat = (1, 5, 60.0)
+    warmup_time = 0.0
+    rounds = 1
+    timeout = 600
+
+    def _open(self, mode: str) -> None:
+        if mode == "memory":
+            self.db = DataBase(shards=DURABLE_SHARDS)
+        else:
+            self.tmp = tempfile.mkdtemp(prefix="durable-", dir=os.getcwd())
+            self.db = DataBase(
+                shards=DURABLE_SHARDS,
+                snapshot_path=os.path.join(self.tmp, "db.json"),
+                log_fsync=mode,
+                log_checkpoint_bytes=NO_CHECKPOINT_BYTES,
+            )
+
+    def teardown(self, *params) -> None:
+        _close_and_clean(self)
+
+
+class LoggedBatchAdd(_Durable):
+    """Three add_users calls of 100k fresh users each into an empty DataBase: with the log and
+    fsync "always" against in memory (the target is at most 1.3x)."""
+
+    params = [["memory", "always"]]
+    param_names = ["log_fsync"]
+
+    def setup(self, mode: str) -> None:
+        population = generate_users(DURABLE_USERS * DURABLE_BATCHES, SEED + 1)
+        self.batches = [population[k * DURABLE_USERS : (k + 1) * DURABLE_USERS] for k in range(DURABLE_BATCHES)]
+        del population
+        self._open(mode)
+        gc.collect()
+
+    def time_add_batches(self, mode: str) -> None:
+        for batch in self.batches:
+            self.db.add_users(batch)
+
+
+class SingleAdd(_Durable):
+    """1000 calls of add(user), one user each, into an empty DataBase: in memory, with the log
+    and fsync "everysec" (the target is at most 1.5x in memory) and with fsync "always"."""
+
+    params = [["memory", "everysec", "always"]]
+    param_names = ["log_fsync"]
+
+    def setup(self, mode: str) -> None:
+        self.users = generate_users(SINGLE_ADDS, SEED + 2)
+        self._open(mode)
+        gc.collect()
+
+    def time_single_adds(self, mode: str) -> None:
+        add = self.db.add
+        for user in self.users:
+            add(user)
+
+    def track_single_adds_per_second(self, mode: str) -> float:
+        """Calls of add(user) per second."""
+        add = self.db.add
+        started = time.perf_counter()
+        for user in self.users:
+            add(user)
+        return len(self.users) / (time.perf_counter() - started)
+
+    track_single_adds_per_second.unit = "calls/s"
+
+
+class Recovery(_Durable):
+    """Opening a snapshot path until the first call returns (worker start included): "log" holds
+    100k users only in its log (added through it, never saved; the open replays them),
+    "snapshot" holds the same users in a snapshot with nothing to replay, "empty" is an
+    in-memory DataBase (the fixed cost of both). The target is log at most 2x snapshot."""
+
+    params = [["log", "snapshot", "empty"]]
+    param_names = ["source"]
+
+    def setup_cache(self) -> dict:
+        root = os.path.abspath("durable")
+        shutil.rmtree(root, ignore_errors=True)
+        os.makedirs(os.path.join(root, "log"))
+        os.makedirs(os.path.join(root, "snapshot"))
+        population = generate_users(DURABLE_USERS, SEED + 3)
+        logged = os.path.join(root, "log", "db.json")
+        with DataBase(shards=DURABLE_SHARDS, snapshot_path=logged, log_checkpoint_bytes=NO_CHECKPOINT_BYTES) as db:
+            for start in range(0, DURABLE_USERS, DURABLE_USERS // 10):
+                db.add_users(population[start : start + DURABLE_USERS // 10])
+        saved = os.path.join(root, "snapshot", "db.json")
+        with DataBase(shards=DURABLE_SHARDS) as db:
+            db.add_users(population)
+            db.save(saved)
+        return {"log": logged, "snapshot": saved}
+
+    setup_cache.timeout = 600
+
+    def setup(self, cache: dict, source: str) -> None:
+        gc.collect()
+
+    def time_open_until_first_call(self, cache: dict, source: str) -> None:
+        if source == "empty":
+            self.db = DataBase(shards=DURABLE_SHARDS)
+        else:
+            self.db = DataBase(shards=DURABLE_SHARDS, snapshot_path=cache[source])
+        len(self.db)
+
+    def teardown(self, cache: dict, source: str) -> None:
+        super().teardown()

@@ -1,7 +1,8 @@
 """The ``pydbms`` command: snapshots from the shell. Thin: every step is a library call.
 
 Exit codes: 0 success; 1 ``verify`` found damage, or ``get``/``find`` found nothing for some
-item; 2 bad command line or argument; 3 bad config; 4 snapshot missing, damaged or unwritable; 5 a bad
+item; 2 bad command line or argument; 3 bad config; 4 snapshot or its log missing, damaged,
+in use or unwritable; 5 a bad
 line in an imported file; 6 any other pydbms error (e.g. a shard worker died); 130 interrupted.
 """
 
@@ -13,12 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from . import snapshot
+from . import recovery, snapshot
 from .config import Config, load_config
 from .coordinator import DataBase
-from .errors import ConfigError, ImportFileError, PydbmsError, SnapshotError, ValidationError
+from .errors import ConfigError, ImportFileError, LogError, PydbmsError, SnapshotError, ValidationError
 from .generate import generate_users
 from .readable import convert_file, read_user_lines
+from .workers import log as wal
 
 EXIT_OK, EXIT_FOUND_PROBLEM, EXIT_USAGE, EXIT_CONFIG, EXIT_SNAPSHOT, EXIT_IMPORT, EXIT_OTHER = 0, 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130
@@ -96,14 +98,6 @@ def _save_with_progress(db: DataBase, path: Path, users: int, progress: _Progres
         advance(users)
 
 
-def _load_with_progress(db: DataBase, path: Path, progress: _Progress) -> int:
-    users = snapshot.read_manifest(path).users
-    with progress.bar(users, "loading") as advance:
-        db.load(path)
-        advance(users)
-    return users
-
-
 def _add_with_progress(db: DataBase, users: list, progress: _Progress, desc: str) -> int:
     added = 0
     with progress.bar(len(users), desc) as advance:
@@ -142,6 +136,10 @@ def cmd_info(args: argparse.Namespace, progress: _Progress) -> int:
         ("users", f"{m.users:,}"),
         ("bytes", f"{total_bytes:,}"),
     ]
+    segments = [(p, name) for p, name in wal.list_segments(snapshot.manifest_location(path)) if name.chain == m.log_chain]
+    if m.log_chain:
+        log_bytes = sum(p.stat().st_size for p, _ in segments)
+        rows.append(("log", f"chain {m.log_chain}: {len(segments)} segment(s), {log_bytes:,} bytes; the snapshot holds calls up to {m.log_seq:,}"))
     for key, value in rows:
         print(f"{key:<12}{value}")
     print()
@@ -159,10 +157,15 @@ def cmd_verify(args: argparse.Namespace, progress: _Progress) -> int:
             for file_path, entry in snapshot.manifest_files(path, m):
                 for block in snapshot.iter_shard_file(file_path, entry):
                     advance(len(block))
-    except SnapshotError as exc:
+        records = 0
+        for segment, name in wal.list_segments(path):
+            if name.chain == m.log_chain:
+                records += len(wal.scan_segment(segment).records)  # damage raises; a torn tail is fine
+    except (SnapshotError, LogError) as exc:
         print(f"pydbms verify: DAMAGED: {exc}", file=sys.stderr)
         return EXIT_FOUND_PROBLEM
-    print(f"{path}: sound ({m.users:,} users in {m.shards} files, every checksum and count verified)")
+    logged = f", {records:,} log records checked" if m.log_chain else ""
+    print(f"{path}: sound ({m.users:,} users in {m.shards} files, every checksum and count verified{logged})")
     return EXIT_OK
 
 
@@ -174,15 +177,26 @@ def cmd_convert(args: argparse.Namespace, progress: _Progress) -> int:
     return EXIT_OK
 
 
+def _open(args: argparse.Namespace, path: Path, reader: bool = False) -> DataBase:
+    """A DataBase on the snapshot at ``path``, recovered by itself: the newest snapshot and
+    every logged call after it. A ``reader`` changes no file (no log, torn tails left for the
+    owner to cut) and runs as many shards as wrote the snapshot unless told otherwise."""
+    overrides: dict[str, Any] = {"snapshot_path": str(path)}
+    if reader:
+        manifest = snapshot.read_manifest(snapshot.manifest_location(path))  # a clear error when there is none
+        overrides["log"] = False
+        if getattr(args, "shards", None) is None:
+            overrides["shards"] = manifest.shards
+    return DataBase(_config(args), **overrides)
+
+
 def cmd_import(args: argparse.Namespace, progress: _Progress) -> int:
     path = Path(args.path)
     src = Path(args.src)
     size = src.stat().st_size if src.exists() else 0
     with progress.bar(size // 80, "reading") as advance:  # ~80 bytes a line: a rough total
         users = read_user_lines(src, progress=advance)
-    with DataBase(_config(args)) as db:
-        if path.exists():
-            _load_with_progress(db, path, progress)
+    with _open(args, path) as db:
         added = _add_with_progress(db, users, progress, "adding")
         total = len(db)
         _save_with_progress(db, path, total, progress)
@@ -191,8 +205,7 @@ def cmd_import(args: argparse.Namespace, progress: _Progress) -> int:
 
 
 def cmd_get(args: argparse.Namespace, progress: _Progress) -> int:
-    with DataBase(_config(args)) as db:
-        _load_with_progress(db, Path(args.path), progress)
+    with _open(args, Path(args.path), reader=True) as db:
         found = db.get_many(args.ids)
     missing = [i for i, user in zip(args.ids, found) if user is None]
     for user in found:
@@ -204,8 +217,7 @@ def cmd_get(args: argparse.Namespace, progress: _Progress) -> int:
 
 
 def cmd_find(args: argparse.Namespace, progress: _Progress) -> int:
-    with DataBase(_config(args)) as db:
-        _load_with_progress(db, Path(args.path), progress)
+    with _open(args, Path(args.path), reader=True) as db:
         missing = []
         for name in args.names:
             users = db.find_by_name(name)
@@ -216,6 +228,21 @@ def cmd_find(args: argparse.Namespace, progress: _Progress) -> int:
     for name in missing:
         print(f"pydbms find: no user named {name!r}", file=sys.stderr)
     return EXIT_FOUND_PROBLEM if missing else EXIT_OK
+
+
+def cmd_repair(args: argparse.Namespace, progress: _Progress) -> int:
+    path = snapshot.manifest_location(args.path)
+    fd = snapshot.owner_lock(path)  # never under a DataBase that has the path open
+    assert fd is not None
+    try:
+        done = recovery.repair(path)
+    finally:
+        snapshot.release_owner_lock(path, fd)
+    for line in done:
+        print(line)
+    if not done:
+        print(f"{path}: every log segment is sound; nothing to repair")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- parser
@@ -264,15 +291,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH")
     p.set_defaults(run=cmd_import)
 
-    p = command("get", "load PATH and print the users with these IDs as JSON lines", engine=True)
+    p = command("get", "open PATH (snapshot and log) and print the users with these IDs as JSON lines", engine=True)
     p.add_argument("path", metavar="PATH")
     p.add_argument("ids", nargs="+", metavar="ID")
     p.set_defaults(run=cmd_get)
 
-    p = command("find", "load PATH and print the users with these names as JSON lines", engine=True)
+    p = command("find", "open PATH (snapshot and log) and print the users with these names as JSON lines", engine=True)
     p.add_argument("path", metavar="PATH")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(run=cmd_find)
+
+    p = command(
+        "repair",
+        "cut damaged write-ahead log segments of the snapshot at PATH at their last good record (a copy of each is kept)",
+    )
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(run=cmd_repair)
 
     p = sub.add_parser("bench", help="the reference-workload benchmark (same as scripts/bench; see `pydbms bench --help`)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -296,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), exc.code)
     except ConfigError as exc:
         return _fail(f"bad config: {exc}", EXIT_CONFIG)
-    except SnapshotError as exc:
+    except (SnapshotError, LogError) as exc:
         return _fail(str(exc), EXIT_SNAPSHOT)
     except ImportFileError as exc:
         return _fail(str(exc), EXIT_IMPORT)

@@ -15,6 +15,8 @@ from .errors import ConfigError
 
 
 MAX_AUTOSAVE_INTERVAL = 31_536_000  # a year: longer waits overflow the platform's timers
+MAX_CALL_TIMEOUT = 86_400.0
+MIN_CHECKPOINT_BYTES = 64 << 20  # the log is checkpointed past max(this, the last snapshot's size)
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -30,10 +32,21 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     keep_generations: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 2
     file_mode: Annotated[str, msgspec.Meta(pattern="^0?[0-7]{3}$")] = "0600"
     save_on_close: bool = False
+    log: bool = True
+    log_fsync: Literal["always", "everysec", "no"] = "always"
+    log_checkpoint_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] | None = None
+    call_timeout: Annotated[float, msgspec.Meta(gt=0, le=MAX_CALL_TIMEOUT)] = 300.0
+    max_restarts: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 5
+    restart_window: Annotated[float, msgspec.Meta(gt=0, le=MAX_AUTOSAVE_INTERVAL)] = 60.0
 
     @property
     def shard_count(self) -> int:
         return self.shards or os.cpu_count() or 1
+
+    @property
+    def logging_enabled(self) -> bool:
+        """A write-ahead log is kept whenever there is a snapshot path to keep it beside."""
+        return self.log and self.snapshot_path is not None
 
     @property
     def file_mode_bits(self) -> int:
@@ -45,6 +58,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
             data = {}
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: the settings must be a mapping of keys to values, got {type(data).__name__}")
+        if isinstance(data.get("snapshot_path"), os.PathLike):
+            data = {**data, "snapshot_path": os.fspath(data["snapshot_path"])}
         bad = [key for key in data if not isinstance(key, str)]
         if bad:
             raise ConfigError(f"{source}: unknown key {bad[0]!r} (keys are strings such as 'shards')")

@@ -5,22 +5,25 @@ message per shard, and merges the replies. Per-item work happens in the workers 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import secrets
 import signal
 import threading
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 import numpy as np
 
-from . import readable, snapshot
+from . import readable, recovery, snapshot
 from .autosave import AutoSaver, ScheduleEnded
 from .cache import ReadCache
 from .codec import (
@@ -36,14 +39,27 @@ from .codec import (
     id_bytes_of_rows,
     pack_rows,
 )
-from .config import MAX_AUTOSAVE_INTERVAL, Config, load_config
-from .errors import ClosedError, ConfigError, PydbmsTypeError, PydbmsValueError, ShardError, SnapshotError
+from .config import MAX_AUTOSAVE_INTERVAL, MIN_CHECKPOINT_BYTES, Config, load_config
+from .errors import (
+    ClosedError,
+    PydbmsError,
+    ConfigError,
+    LogWriteError,
+    PydbmsTypeError,
+    PydbmsValueError,
+    ReadOnlyError,
+    ShardError,
+    SnapshotError,
+)
 from .routing import HASH_SCHEME, shard_of, shards_of, split_positions
-from .shards import ShardFailure, ShardHandle, exchange, wait_for_events
+from .shards import Liveness, ShardFailure, ShardHandle, exchange, wait_for_events
 from .user import User, check_id
 
 _ID = attrgetter("ID")
 _EMPTY_LIST = encode([])
+_CLOSE_PATIENCE = 2.0  # seconds close() waits for a call in flight before it stops the workers
+
+log = logging.getLogger("pydbms_shard")
 
 
 class _Batch:
@@ -188,11 +204,33 @@ class DataBase:
         self._autosaver: AutoSaver | None = None
         self.last_save_hold_seconds: float | None = None
         self._shards: list[ShardHandle] = []
-        self._finalizer = weakref.finalize(self, _stop_all, self._shards)
+        self._liveness = Liveness()
+        self._timeout = self.config.call_timeout
+        self._closing = False
+        # durability: the database's own snapshot path, the log chain it appends to, the
+        # sequence number of the last write call that every shard applied
+        self._path = snapshot.manifest_location(self.config.snapshot_path) if self.config.snapshot_path else None
+        self._logging = self.config.logging_enabled
+        self._chain: str | None = None
+        self._seq = 0
+        self._read_only: str | None = None
+        self._read_only_since = 0  # counts the failures that made it read-only (a save clears only older ones)
+        self._read_only_at_cut = 0
+        self._no_more_checkpoints = False
+        self._log_bytes = 0
+        self._checkpoint_bytes = self.config.log_checkpoint_bytes or MIN_CHECKPOINT_BYTES
+        self._checkpointer: threading.Thread | None = None
+        self._restarts = [0] * self.config.shard_count
+        self._restart_times: list[deque[float]] = [deque() for _ in range(self.config.shard_count)]
+        self._lost: dict[int, str] = {}
+        self._owner: list[tuple[Path, int]] = []  # the path's owner lock, while open
+        self._finalizer = weakref.finalize(self, _stop_all, self._shards, self._owner)
         try:
             for index in range(self.config.shard_count):
                 self._shards.append(ShardHandle(index, self.config.shard_count, self.config.start_method))
-            exchange(self._shards, [encode(["ping"])] * len(self._shards))
+            exchange(self._shards, [encode(["ping"])] * len(self._shards), timeout=self._timeout)
+            if self._path is not None:
+                self._open_path(self._path)
         except BaseException:
             self._finalizer()
             raise
@@ -208,15 +246,31 @@ class DataBase:
         self.close()
 
     def close(self) -> None:
-        """Stop autosave, save a last time if ``save_on_close``, then stop every worker."""
-        with self._lock:
+        """Stop autosave, save a last time if ``save_on_close``, then stop every worker. Never
+        waits long for a stuck worker: a call still in flight after a moment is cut short."""
+        if not self._lock.acquire(timeout=_CLOSE_PATIENCE):
+            self._closing = True  # a call is waiting on a stuck worker: stop them, it fails at once
+            for handle in list(self._shards):
+                handle.kill("closed")
+            self._lock.acquire()
+        try:
             if self._closed:
                 return
+        finally:
+            self._lock.release()
         try:
+            with self._lock:
+                self._no_more_checkpoints = True
+                # from now on a worker that makes no progress for a moment is given up on
+                self._timeout = min(self._timeout, _CLOSE_PATIENCE * 2)
             self.stop_autosave()
-            if self.config.save_on_close:
+            checkpointer = self._checkpointer
+            if checkpointer is not None:
+                checkpointer.join()
+            if self.config.save_on_close and not self._closing:
                 self.save()
         finally:
+            self._closing = True
             with self._lock:
                 self._closed = True
                 self._finalizer()
@@ -236,12 +290,35 @@ class DataBase:
         with self._lock, _ctrl_c:
             if self._closed:
                 raise ClosedError("this DataBase is closed")
+            for handle in self._liveness.dead(self._shards):
+                if handle.index not in self._lost:
+                    try:
+                        self._heal(handle.index)
+                    except ShardError:
+                        pass  # it stays failed: the calls that need it say so, the others go on
             if self._scans_to_close:
                 self._release_closed_scans()
             yield
 
     def _all(self, *message: Any) -> list[Any]:
-        return exchange(self._shards, [encode(message)] * len(self._shards))
+        return self._ask([encode(message)] * len(self._shards))
+
+    def _ask(self, messages: list[bytes | None]) -> list[Any]:
+        """A read: send, collect, and when a worker died on the way, rebuild it and ask once
+        more (a read changes nothing, so asking again is safe)."""
+        try:
+            return exchange(self._shards, messages, timeout=self._timeout)
+        except ShardError as exc:
+            involved = [self._shards[s] for s, m in enumerate(messages) if m is not None]
+            if self._closing or any(h.timed_out for h in involved) or all(h.alive for h in involved):
+                raise  # a timeout is reported, not retried; the next call rebuilds the shard
+            for s, m in enumerate(messages):
+                if m is not None and not self._shards[s].alive:
+                    if s in self._lost:
+                        raise ShardError(s, self._lost[s]) from None
+                    self._heal(s)
+            log.info("retrying a read after rebuilding a shard (%s)", exc)
+            return exchange(self._shards, messages, timeout=self._timeout)
 
     # ------------------------------------------------------------ validation
 
@@ -299,19 +376,95 @@ class DataBase:
     # ------------------------------------------------------------ writes
 
     def _write(self, messages: list[bytes | None], apply: Any) -> None:
-        """Send a write to the shards and ``apply(reply)`` for every shard that did it, also
-        when another shard failed (so the cache and change count never miss a change), then
-        raise the first failure."""
-        problem = None
-        for reply in exchange(self._shards, messages, return_exceptions=True):
-            if isinstance(reply, Exception):
-                problem = problem or reply
-            elif reply is not None:
+        """One write call, atomic across shards: every touched shard logs and applies its part
+        under one sequence number; if any part fails, the parts that succeeded are undone
+        (memory and log), so the call changes nothing. Then ``apply(reply)`` per shard."""
+        if self._read_only is not None:
+            raise ReadOnlyError(f"this DataBase refuses writes since {self._read_only}; fix the cause, then save() to make it writable again")
+        seq, nonce = self._seq + 1, secrets.randbits(32)
+        touched = [s for s, m in enumerate(messages) if m is not None]
+        envelopes = [None if m is None else encode(["write", seq, nonce, touched, Raw(m)]) for m in messages]
+        replies = exchange(self._shards, envelopes, return_exceptions=True, timeout=self._timeout)
+        failed = {s: r for s, r in enumerate(replies) if isinstance(r, Exception)}
+        if failed:
+            undo = [encode(["undo", seq]) if s in touched and s not in failed else None for s in range(len(messages))]
+            for s, reply in enumerate(exchange(self._shards, undo, return_exceptions=True, timeout=self._timeout)):
+                if isinstance(reply, Exception):
+                    self._note_failure(s, reply)
+            for s, problem in failed.items():
+                self._note_failure(s, problem)
+            self._cut_dead_logs([s for s in touched if not self._shards[s].alive])
+            raise self._public_error(next(iter(failed.values())))
+        self._seq = seq
+        for reply in replies:
+            if reply is not None:
                 apply(decode_any(reply))
-        if problem is not None:
-            raise problem
+        if self._logging:
+            self._log_bytes += sum(len(e) for e in envelopes if e is not None)
+            if self._log_bytes > self._checkpoint_bytes:
+                self._start_checkpoint()
+
+    def _cut_dead_logs(self, shards: list[int]) -> None:
+        """A worker that died in a call that failed may have logged its part: make sure it is
+        gone, then cut its log back to the last call every shard applied, so the failed call
+        is not replayed by a reopen that comes before the shard is rebuilt."""
+        if not shards or not self._logging or self._path is None or self._chain is None:
+            return
+        for s in shards:
+            self._shards[s].ensure_gone()
+        try:
+            manifest = snapshot.read_manifest(self._path)
+            plan = recovery.plan(self._path, self._chain, manifest.log_seq, len(self._shards), upto=self._seq)
+            for s in shards:
+                recovery.cut_lane(plan, s)
+        except (PydbmsError, OSError) as exc:
+            self._set_read_only(f"the log of shard(s) {shards} could not be cut back after a failed call ({exc})")
+
+    def _note_failure(self, shard: int, problem: Exception) -> None:
+        """A log that failed makes the database read-only; a dead worker is rebuilt by the next call."""
+        if isinstance(problem, ShardFailure) and problem.kind in ("LogWriteError", "LogError"):
+            self._set_read_only(f"shard {shard}'s log failed: {problem.message}")
+
+    def _set_read_only(self, reason: str) -> None:
+        with self._lock:
+            self._read_only_since += 1
+            if self._read_only is None:
+                self._read_only = reason
+                log.error("the DataBase is read-only: %s", reason)
+
+    def _public_error(self, problem: Exception) -> Exception:
+        if isinstance(problem, ShardFailure) and problem.kind in ("LogWriteError", "LogError"):
+            return LogWriteError(
+                f"shard {problem.shard}: {problem.message}; nothing was applied, and the DataBase is read-only until a save() succeeds"
+            )
+        if isinstance(problem, ShardError):
+            return ShardError(problem.shard, f"{str(problem).partition(': ')[2]}; the call was rolled back on every shard")
+        return problem
+
+    def _start_checkpoint(self) -> None:
+        """The log outgrew its threshold: save in the background (a save is a checkpoint)."""
+        if self._no_more_checkpoints or (self._checkpointer is not None and self._checkpointer.is_alive()):
+            return
+        ref = weakref.ref(self)
+
+        def run() -> None:
+            db = ref()
+            if db is None or db._closed or db._closing or db._log_bytes <= db._checkpoint_bytes:
+                return  # closed, or a save meanwhile already checkpointed
+            try:
+                db.save()
+            except Exception as exc:  # logged; the next write past the threshold tries again
+                log.warning("automatic checkpoint of %s failed: %s", db._path, exc)
+
+        self._checkpointer = threading.Thread(target=run, name="pydbms-checkpoint", daemon=True)
+        self._checkpointer.start()
 
     def _user_messages(self, op: str, users: list[User]) -> list[bytes | None]:
+        n = len(self._shards)
+        if len(users) == 1:  # one user (add(), upsert of one): no batch machinery
+            messages: list[bytes | None] = [None] * n
+            messages[shard_of(users[0].ID.bytes, n) if n > 1 else 0] = encode([op, Raw(encode(users))])
+            return messages
         batch = _Batch(list(map(_ID, users)), None, [], None, len(self._shards))
         return [encode([op, Raw(encode(_subset(users, pos)))]) if len(pos) else None for pos in batch.per_shard]
 
@@ -368,11 +521,10 @@ class DataBase:
 
     @_locked
     def clear_database(self) -> None:
-        try:
-            self._all("clear")
-        finally:
-            self._cache.clear()
-            self._dirty += 1
+        """Remove every user."""
+        self._write([encode(["clear"])] * len(self._shards), lambda reply: None)
+        self._cache.clear()
+        self._dirty += 1
 
     def add(self, user: User) -> bool:
         """Add one user; False when its ID is already stored."""
@@ -392,9 +544,7 @@ class DataBase:
         batch = self._query_batch(queries, "search_users")
         if not batch.ids and not batch.names:
             return []
-        replies = exchange(
-            self._shards, [encode(["find", batch.ids_for(s), batch.encoded_names]) for s in range(len(self._shards))]
-        )
+        replies = self._ask([encode(["find", batch.ids_for(s), batch.encoded_names]) for s in range(len(self._shards))])
         positions, found = [], []
         with gc_paused():
             for shard, reply in enumerate(replies):
@@ -415,9 +565,7 @@ class DataBase:
         batch = self._query_batch(items, "has_user")
         if not batch.ids and not batch.names:
             return True
-        replies = exchange(
-            self._shards, [encode(["has", batch.ids_for(s), batch.encoded_names]) for s in range(len(self._shards))]
-        )
+        replies = self._ask([encode(["has", batch.ids_for(s), batch.encoded_names]) for s in range(len(self._shards))])
         names_seen = np.zeros(len(batch.names), dtype=bool)
         for reply in replies:
             all_ids, names = decode_any(reply)
@@ -434,7 +582,7 @@ class DataBase:
             return []
         messages = [encode(["contains", batch.ids_for(s)]) if len(batch.per_shard[s]) else None for s in range(len(self._shards))]
         out = np.zeros(len(batch.ids), dtype=bool)
-        for shard, reply in enumerate(exchange(self._shards, messages)):
+        for shard, reply in enumerate(self._ask(messages)):
             if reply is not None:
                 out[batch.per_shard[shard]] = np.frombuffer(decode_any(reply), dtype=bool)
         return out.tolist()
@@ -448,7 +596,7 @@ class DataBase:
         messages = [encode(["get", batch.ids_for(s)]) if len(batch.per_shard[s]) else None for s in range(len(self._shards))]
         out: list[User | None] = [None] * len(batch.ids)
         with gc_paused():
-            for shard, reply in enumerate(exchange(self._shards, messages)):
+            for shard, reply in enumerate(self._ask(messages)):
                 if reply is not None:
                     for pos, user in zip(batch.per_shard[shard].tolist(), decode_optional_users(reply)):
                         out[pos] = user
@@ -469,7 +617,7 @@ class DataBase:
         message = encode(["get", Raw(array_header(1) + b"\xc4\x10" + raw)])
         messages: list[bytes | None] = [None] * len(self._shards)
         messages[shard] = message
-        user = decode_optional_users(exchange(self._shards, messages)[shard])[0]
+        user = decode_optional_users(self._ask(messages)[shard])[0]
         if user is not None:
             self._cache.put(raw, user)
         return user
@@ -504,7 +652,7 @@ class DataBase:
                     messages: list[bytes | None] = [None] * len(self._shards)
                     messages[shard] = encode(["scan_next", token, chunk])
                     with self._call():
-                        reply = exchange(self._shards, messages)[shard]
+                        reply = exchange(self._shards, messages, timeout=self._timeout)[shard]
                     with gc_paused():
                         users = decode_users(reply)
                     yield from users
@@ -518,17 +666,30 @@ class DataBase:
         while self._scans_to_close:
             token = self._scans_to_close.pop()
             try:
-                self._all("scan_close", token)
+                exchange(self._shards, [encode(["scan_close", token])] * len(self._shards), timeout=self._timeout)
             except (ShardError, ShardFailure):
                 pass
 
     @_locked
     def stats(self) -> dict[str, Any]:
         """Users in all, per shard (users, pid, memory), the read cache and autosave."""
-        shards = [decode_any(r) for r in self._all("stats")]
+        replies = exchange(self._shards, [encode(["stats"])] * len(self._shards), return_exceptions=True, timeout=self._timeout)
+        shards = [
+            {"shard": s, "users": 0, "failed": str(r)} if isinstance(r, Exception) else decode_any(r) for s, r in enumerate(replies)
+        ]
+        for entry in shards:
+            entry["restarts"] = self._restarts[entry["shard"]]
         return {
             "users": sum(s["users"] for s in shards),
             "shards": shards,
+            "log": {
+                "enabled": self._logging,
+                "fsync": self.config.log_fsync,
+                "last_call": self._seq,
+                "bytes_since_checkpoint": self._log_bytes,
+                "checkpoint_bytes": self._checkpoint_bytes,
+            },
+            "read_only": self._read_only,
             "cache": self._cache.stats(),
             "changes_since_save": self._dirty,
             "last_save_hold_seconds": self.last_save_hold_seconds,
@@ -548,51 +709,119 @@ class DataBase:
 
     def save(self, path: str | os.PathLike[str] | None = None) -> snapshot.Manifest:
         """Write a consistent snapshot: one file per shard, written by the shards in parallel,
-        then a manifest committed atomically. Callers wait only while the cut is taken."""
+        then a manifest committed atomically. Callers wait only while the cut is taken. A save
+        to the database's own path is a checkpoint: the log moves on to new segments at the
+        cut, and the segments the snapshot covers are removed once it is committed."""
         path = self._snapshot_path(path)
         if not path.parent.is_dir():
             raise SnapshotError(f"{path}: the directory {path.parent} does not exist")
+        checkpoint = self._logging and path == self._path
+        if path != self._path:
+            snapshot.check_not_owned(path)
         with self._save_lock, snapshot.writer_lock(path):
-            generation, token = snapshot.next_generation(path), snapshot.new_token()
-            n = len(self._shards)
-            level, mode = self.config.compression_level, self.config.file_mode_bits
-            names = [path.parent / snapshot.shard_file_name(path.name, generation, token, s) for s in range(n)]
-            try:
-                with self._call():
-                    started = time.perf_counter()
-                    begun = exchange(
-                        self._shards, [encode(["snap_begin", str(names[s]), level, mode]) for s in range(n)], return_exceptions=True
-                    )
-                    changes_in_cut = self._dirty
-                    self.last_save_hold_seconds = time.perf_counter() - started
-                failures = [f"{exc}" for exc in begun if isinstance(exc, Exception)]
-                writing = {s for s in range(n) if not isinstance(begun[s], Exception)}
-                entries = self._wait_for_writers(path, names, writing, failures)
-                manifest = snapshot.build_manifest(generation, n, entries)
-                snapshot.commit_manifest(path, manifest, token, mode, self.config.keep_generations)
-            except BaseException:
-                snapshot.cleanup_failed_save(path, generation, token)  # never what the live manifest names
-                raise
-            with self._lock:
-                target = self._autosave_target()
-                if target is None or target == path:  # changes are counted against that file
-                    self._dirty = max(0, self._dirty - changes_in_cut)
-            return manifest
+            manifest, changes_in_cut = self._write_snapshot(path, rotate=checkpoint)
+            if checkpoint:
+                with self._lock:  # every shard logs to a fresh segment since the cut
+                    if self._read_only_since == self._read_only_at_cut:
+                        self._read_only = None
+                self._after_checkpoint(path, manifest)
+        with self._lock:
+            target = self._autosave_target()
+            if target is None or target == path:  # changes are counted against that file
+                self._dirty = max(0, self._dirty - changes_in_cut)
+        return manifest
 
-    def _wait_for_writers(self, path: Path, names: list[Path], pending: set[int], failures: list[str]) -> list[snapshot.ManifestFile]:
+    def _write_snapshot(self, path: Path, rotate: bool = False, staged: bool = False, chain: str | None = None) -> tuple[snapshot.Manifest, int]:
+        """Cut, write and commit one snapshot at ``path`` (the caller holds the path's writer
+        lock and ``_save_lock``). ``rotate``: a checkpoint of the log in this chain. ``staged``:
+        write the shards' staged partitions (a load or a recovery being checkpointed) under a
+        new log ``chain``. Returns the manifest and the change count the cut covered."""
+        generation, token = snapshot.next_generation(path), snapshot.new_token()
+        n = len(self._shards)
+        level, mode = self.config.compression_level, self.config.file_mode_bits
+        names = [path.parent / snapshot.shard_file_name(path.name, generation, token, s) for s in range(n)]
+        if chain is None:  # a checkpoint goes on in its chain; a copy elsewhere starts one with no log
+            chain = self._chain if rotate and self._chain else snapshot.new_token()
+        # a save of the own path without a log names no chain: no log leads on from it
+        named_chain = None if path == self._path and not (rotate or staged) else chain
+        try:
+            with self._call():
+                started = time.perf_counter()
+                seq = self._seq
+                spec = self._log_spec(chain, seq + 1) if rotate else None
+                begun = exchange(
+                    self._shards,
+                    [encode(["snap_begin", str(names[s]), level, mode, spec, staged]) for s in range(n)],
+                    return_exceptions=True,
+                    timeout=self._timeout,
+                )
+                changes_in_cut, bytes_in_cut = self._dirty, self._log_bytes
+                self._read_only_at_cut = self._read_only_since
+                self.last_save_hold_seconds = time.perf_counter() - started
+            failures = [f"{self._public_error(exc)}" for exc in begun if isinstance(exc, Exception)]
+            writing = {s: self._shards[s] for s in range(n) if not isinstance(begun[s], Exception)}
+            entries = self._wait_for_writers(path, names, writing, failures)
+            manifest = snapshot.build_manifest(generation, n, entries, named_chain, seq)
+            snapshot.commit_manifest(path, manifest, token, mode, self.config.keep_generations)
+        except BaseException:
+            snapshot.cleanup_failed_save(path, generation, token)  # never what the live manifest names
+            raise
+        if rotate:
+            self._log_bytes = max(0, self._log_bytes - bytes_in_cut)
+        return manifest, changes_in_cut
+
+    def _append_spec(self, plan: recovery.Plan, shard: int) -> list:
+        """Go on appending to the shard's newest segment, or start one after the plan's last call."""
+        assert self._chain is not None
+        where = plan.append.get(shard)
+        if where is None:
+            return self._log_spec(self._chain, plan.last + 1)
+        name, offset, base = where
+        return self._log_spec(self._chain, base, [name, offset])
+
+    def _log_spec(self, chain: str, base: int, append: list | None = None) -> list:
+        """Where a worker appends its log: a new segment at ``base`` or ``append`` = [file, offset]."""
+        assert self._path is not None
+        return [str(self._path.parent), self._path.name, chain, base, self.config.log_fsync, self.config.file_mode_bits, append]
+
+    def _set_checkpoint_threshold(self, manifest: snapshot.Manifest) -> None:
+        """Checkpoint once the log holds about as much as the snapshot (at least 64 MiB)."""
+        self._checkpoint_bytes = self.config.log_checkpoint_bytes or max(MIN_CHECKPOINT_BYTES, sum(f.bytes for f in manifest.files))
+
+    def _after_checkpoint(self, path: Path, manifest: snapshot.Manifest) -> None:
+        self._set_checkpoint_threshold(manifest)
+        try:
+            recovery.remove_obsolete_segments(path)
+        except OSError as exc:
+            log.warning("%s: checkpoint committed, but removing old log segments failed (%s)", path, snapshot.describe_os_error(exc))
+
+    def _wait_for_writers(self, path: Path, names: list[Path], pending: dict[int, ShardHandle], failures: list[str]) -> list[snapshot.ManifestFile]:
         """Wait, without the DataBase lock, until every shard's writer has reported (also after
-        one failed, so none still creates files at clean-up)."""
+        one failed, so none still creates files at clean-up). A writer silent for longer than
+        ``call_timeout`` is stopped (its worker is killed and rebuilt by the next call)."""
         entries = []
+        last_heard = dict.fromkeys(pending, time.monotonic())
         while pending:
-            for handle, event in wait_for_events([self._shards[s] for s in pending], 1.0):
+            if self._closing:
+                failures.append("the DataBase was closed during the save")
+                break
+            now = time.monotonic()
+            for s in [s for s in pending if now - last_heard[s] > self._timeout]:
+                pending.pop(s).kill("its snapshot writer did not report within the call_timeout and was killed")
+                failures.append(f"shard {s}: its snapshot writer made no progress for {self._timeout:g} s")
+            # the handles of the cut: a worker rebuilt meanwhile has no writer of this save
+            for handle, event in wait_for_events(list(pending.values()), 1.0):
                 if isinstance(event, Exception):
                     failures.append(str(event))
-                    pending.discard(handle.index)
+                    pending.pop(handle.index, None)
                     continue
                 file_name, ok, detail = event
                 if file_name != str(names[handle.index]):
                     continue  # a report from an earlier save that gave up waiting
-                pending.discard(handle.index)
+                last_heard[handle.index] = time.monotonic()
+                if ok is None:
+                    continue  # progress: the writer is alive and writing
+                pending.pop(handle.index, None)
                 if ok:
                     entries.append(msgspec.convert(detail, snapshot.ManifestFile))
                 else:
@@ -603,35 +832,209 @@ class DataBase:
 
     def load(self, path: str | os.PathLike[str] | None = None) -> snapshot.Manifest:
         """Replace the contents with a verified snapshot, re-routing users when it was written
-        with another shard count. On any error the database is left exactly as it was."""
+        with another shard count. On any error the database is left exactly as it was. With a
+        log, the loaded state is checkpointed onto the database's own path before any other
+        call runs, so reopening gives exactly what was loaded."""
         path = self._snapshot_path(path)
-        # a reader's lock on the path: no save may rotate the files away while they are read
-        with self._save_lock, snapshot.writer_lock(path, shared=True):
-            manifest = snapshot.read_manifest(path)
-            files = snapshot.manifest_files(path, manifest)
-            n = len(self._shards)
-            spec = [[str(p), msgspec.structs.asdict(e)] for p, e in files]
-            if manifest.shards == n and manifest.hash == HASH_SCHEME:
-                messages = [encode(["load_stage", [spec[s]], False]) for s in range(n)]
-            else:
-                messages = [encode(["load_stage", spec, True])] * n
-            with self._call():
-                try:
-                    exchange(self._shards, messages)
-                except (ShardError, ShardFailure) as exc:
-                    try:
-                        self._all("load_abort")
-                    except (ShardError, ShardFailure):
-                        pass
-                    detail = exc.message if isinstance(exc, ShardFailure) else str(exc)
-                    raise SnapshotError(f"load of {path} failed: {detail}") from None
-                try:
-                    self._all("load_commit")
-                finally:
-                    self._cache.clear()
-                # unchanged only relative to this file: autosave to another path must still write
-                self._dirty = 0 if path == self._autosave_target() else max(1, manifest.users)
+        with self._save_lock, self._call():
+            # a reader's lock on the path: no save may rotate the files away while they are read
+            with snapshot.writer_lock(path, shared=True):
+                manifest = snapshot.read_manifest(path)
+                self._stage(path, manifest)
+            self._commit_staged(lambda: None)
+            self._cache.clear()
+            # unchanged only relative to this file: autosave to another path must still write
+            self._dirty = 0 if path == self._autosave_target() and (path == self._path or not self._logging) else max(1, manifest.users)
         return manifest
+
+    def _stage(self, path: Path, manifest: snapshot.Manifest | None, plan: recovery.Plan | None = None) -> None:
+        """Every worker reads its part of a snapshot (and replays the log after it) into
+        staging; nothing is swapped in yet. On failure every stage is dropped."""
+        n = len(self._shards)
+        spec: list = []
+        reroute = False
+        if manifest is not None:
+            files = snapshot.manifest_files(path, manifest)
+            spec = [[str(p), msgspec.structs.asdict(e)] for p, e in files]
+            reroute = manifest.shards != n or manifest.hash != HASH_SCHEME
+        messages = [encode(["load_stage", spec if reroute else spec[s : s + 1], reroute]) for s in range(n)]
+        try:
+            exchange(self._shards, messages)  # long: no call_timeout, but a dead worker is noticed
+            if plan is not None and plan.extents:
+                exchange(self._shards, [encode(["replay", *plan.replay_message(s, n)]) for s in range(n)])
+        except (ShardError, ShardFailure) as exc:
+            try:
+                exchange(self._shards, [encode(["load_abort"])] * n, timeout=self._timeout)
+            except (ShardError, ShardFailure):
+                pass
+            detail = exc.message if isinstance(exc, ShardFailure) else str(exc)
+            raise SnapshotError(f"load of {path} failed: {detail}") from None
+
+    def _commit_staged(self, before_swap: Any) -> None:
+        """Swap every shard's staged partition in. With a log, the staged state is first
+        written as a checkpoint under a new log chain (the old log does not lead to it), and
+        each worker starts appending to that chain as it swaps."""
+        n = len(self._shards)
+        spec = None
+        if self._logging:
+            assert self._path is not None
+            chain = snapshot.new_token()
+            try:
+                with snapshot.writer_lock(self._path):
+                    manifest, _ = self._write_snapshot(self._path, staged=True, chain=chain)
+            except BaseException as exc:
+                manifest = self._committed(chain)
+                if manifest is None:
+                    try:
+                        exchange(self._shards, [encode(["load_abort"])] * n, timeout=self._timeout)
+                    except ShardError:
+                        pass
+                    raise
+                # committed, then something after the rename failed: the new state is the one on disk
+                log.error("%s: the checkpoint is committed, but: %s", self._path, exc)
+            spec = self._log_spec(chain, self._seq + 1)
+            self._chain = chain
+        before_swap()
+        results = exchange(self._shards, [encode(["load_commit", spec])] * n, return_exceptions=True, timeout=self._timeout)
+        self._commit_results(results)
+        if self._logging:
+            assert self._path is not None
+            self._log_bytes = 0
+            if not any(isinstance(r, Exception) for r in results):
+                self._read_only = None  # every shard logs to a fresh segment of the new chain
+            self._after_checkpoint(self._path, manifest)
+
+    def _committed(self, chain: str) -> snapshot.Manifest | None:
+        """The manifest at the own path if it is the checkpoint of ``chain``."""
+        assert self._path is not None
+        try:
+            manifest = snapshot.read_manifest(self._path)
+        except SnapshotError:
+            return None
+        return manifest if manifest.log_chain == chain else None
+
+    def _commit_results(self, results: list[Any]) -> None:
+        """A shard that swapped its data in but could not open its log must not take writes."""
+        for s, result in enumerate(results):
+            if isinstance(result, ShardFailure) and not result.restart:
+                self._set_read_only(f"shard {s} could not open its log ({result.message})")
+
+    # ------------------------------------------------------------ recovery and healing
+
+    def _open_path(self, path: Path) -> None:
+        """Open the database's own snapshot path: claim it, load the newest committed snapshot
+        and replay the log after it, so the first call sees every acknowledged write."""
+        if not path.parent.is_dir():
+            raise SnapshotError(f"{path}: the directory {path.parent} does not exist")
+        fd = snapshot.owner_lock(path, optional=not self._logging)
+        if fd is not None:
+            self._owner.append((path, fd))
+        manifest = snapshot.read_manifest(path) if os.path.lexists(path) else None
+        n = len(self._shards)
+        chain = manifest.log_chain if manifest is not None else None
+        plan = recovery.plan(path, chain, manifest.log_seq if manifest is not None else 0, n)
+        with self._save_lock, self._call():
+            self._stage(path, manifest, plan)
+            self._seq = plan.last
+            fresh = (
+                manifest is None
+                or chain is None
+                or manifest.shards != n
+                or manifest.hash != HASH_SCHEME
+                or plan.dropped > 0
+                or any(layout != n for layout in plan.layouts)
+                or any(base > plan.last + 1 for _, _, base in plan.append.values())
+            )
+            if not self._logging or fresh:
+                self._commit_staged(lambda: recovery.drop_tails(plan) if self._logging else None)
+            else:
+                assert chain is not None and manifest is not None
+                recovery.drop_tails(plan)
+                self._chain = chain
+                specs = [self._append_spec(plan, s) for s in range(n)]
+                self._commit_results(exchange(self._shards, [encode(["load_commit", specs[s]]) for s in range(n)], return_exceptions=True, timeout=self._timeout))
+                self._set_checkpoint_threshold(manifest)
+                self._log_bytes = plan.replayed_bytes  # the log already holds these
+            self._dirty = 0
+        if plan.last > (manifest.log_seq if manifest is not None else 0):
+            log.info("%s: recovered %d logged call(s) after the snapshot", path, plan.last - (manifest.log_seq if manifest else 0))
+
+    def _heal(self, index: int) -> None:
+        """Replace a dead worker and rebuild its shard from the committed snapshot and its log
+        up to the last call every shard applied. Restarts are capped; a shard that cannot be
+        rebuilt (no log, too many restarts, damaged files) stays failed with a clear error."""
+        old = self._shards[index]
+        why = old.dead or f"worker process {old.pid} died (exit code {old.process.exitcode})"
+        if self._closing:
+            raise ClosedError("this DataBase is being closed")
+        if not self._logging or self._chain is None:
+            self._lost[index] = f"its worker died ({why}) and there is no write-ahead log to rebuild it from: its users are lost"
+            self._mark_lost(index)
+        times = self._restart_times[index]
+        now = time.monotonic()
+        while times and now - times[0] > self.config.restart_window:
+            times.popleft()
+        if len(times) >= self.config.max_restarts:
+            self._lost[index] = (
+                f"its worker died ({why}) after {len(times)} restarts within {self.config.restart_window:g} s; "
+                "it stays failed (reopen the DataBase to recover it from its snapshot and log)"
+            )
+            self._mark_lost(index)
+        times.append(now)
+        self._restarts[index] += 1
+        log.warning("shard %d: %s; restarting it and rebuilding it from its snapshot and log", index, why)
+        old.stop(patience=0.5)
+        n = len(self._shards)
+        problem: Exception | None = None
+        for _attempt in range(2):  # a save may rotate the files away while they are read: once more
+            try:
+                handle = ShardHandle(index, n, self.config.start_method)
+            except Exception as exc:  # no process to be had (fork failed, out of descriptors)
+                problem = exc
+                continue
+            self._shards[index] = handle
+            try:
+                self._rebuild(index)
+                return
+            except Exception as exc:
+                problem = exc
+                handle.stop(patience=0.5)
+        self._lost[index] = f"its worker died ({why}) and it could not be rebuilt: {problem}"
+        self._mark_lost(index)
+
+    def _mark_lost(self, index: int) -> NoReturn:
+        """The shard stays failed: every call that needs it says so. Its log is cut after the
+        last call every shard applied, so a later call reusing a sequence number is never
+        confused with a leftover of a call that failed."""
+        log.error("shard %d: %s", index, self._lost[index])
+        self._shards[index].dead = self._lost[index]
+        self._cut_dead_logs([index])
+        raise ShardError(index, self._lost[index])
+
+    def _rebuild(self, index: int) -> None:
+        assert self._path is not None and self._chain is not None
+        n = len(self._shards)
+        only = [None] * n
+
+        def ask(message: bytes, timeout: float | None = None) -> Any:
+            messages: list[bytes | None] = list(only)
+            messages[index] = message
+            return exchange(self._shards, messages, timeout=timeout)[index]
+
+        ask(encode(["ping"]), self._timeout)
+        manifest = snapshot.read_manifest(self._path)
+        if manifest.log_chain != self._chain or manifest.shards != n:
+            raise SnapshotError(f"{self._path}: the committed snapshot is not this DataBase's checkpoint")
+        plan = recovery.plan(self._path, self._chain, manifest.log_seq, n, upto=self._seq)
+        if plan.last != self._seq:
+            raise SnapshotError(f"the log holds calls up to {plan.last} only, not every acknowledged call (up to {self._seq})")
+        files = snapshot.manifest_files(self._path, manifest)
+        path, entry = files[index]
+        ask(encode(["load_stage", [[str(path), msgspec.structs.asdict(entry)]], False]))
+        if plan.extents.get(index):
+            ask(encode(["replay", *plan.replay_message(index, n)]))
+        recovery.drop_torn_creations(plan)  # a segment whose creation the death cut short
+        ask(encode(["load_commit", self._append_spec(plan, index)]), self._timeout)
 
     def _autosave_target(self) -> Path | None:
         if self._autosaver is not None:
@@ -639,10 +1042,14 @@ class DataBase:
         return Path(self.config.snapshot_path).absolute() if self.config.snapshot_path else None
 
     def backup(self, path: str | os.PathLike[str], source: str | os.PathLike[str] | None = None) -> snapshot.Manifest:
-        """An independent copy of the last saved snapshot (``source``, default snapshot_path)."""
-        return snapshot.backup_snapshot(
-            self._snapshot_path(source), self._snapshot_path(path), self.config.file_mode_bits, self.config.keep_generations
-        )
+        """An independent copy of the last saved snapshot (``source``, default snapshot_path);
+        calls logged since that save are not in it: ``save()`` first for the latest state."""
+        dst = self._snapshot_path(path)
+        if dst == self._path and self._logging:
+            raise SnapshotError(f"{dst}: a backup must not replace the snapshot this DataBase logs after; back up elsewhere")
+        if dst != self._path:
+            snapshot.check_not_owned(dst)
+        return snapshot.backup_snapshot(self._snapshot_path(source), dst, self.config.file_mode_bits, self.config.keep_generations)
 
     def import_file(self, src: str | os.PathLike[str], progress: Any = None) -> int:
         """Add the users of a JSON-lines file (ours, or an original pyDBMS save file). Every
@@ -689,6 +1096,8 @@ class DataBase:
         return self._autosaver is not None and self._autosaver.running
 
 
-def _stop_all(shards: list[ShardHandle]) -> None:
+def _stop_all(shards: list[ShardHandle], owner: list[tuple[Path, int]]) -> None:
     for handle in shards:
-        handle.stop()
+        handle.stop(patience=_CLOSE_PATIENCE)
+    while owner:
+        snapshot.release_owner_lock(*owner.pop())  # the path is free for the next DataBase

@@ -41,3 +41,25 @@ class ImportFileError(PydbmsError, ValueError):
 
 class ClosedError(PydbmsError):
     """The DataBase was closed."""
+
+
+class LogError(PydbmsError):
+    """The write-ahead log failed or is damaged; the message names the file."""
+
+
+class LogDamagedError(LogError):
+    """A log segment holds a bad record followed by valid ones: damage, not a torn write.
+    Nothing was changed; ``pydbms repair PATH`` truncates at the last good record."""
+
+    def __init__(self, path: str, offset: int, detail: str) -> None:
+        super().__init__(f"{path}: damaged log at byte {offset} ({detail}); run `pydbms repair` on the snapshot path")
+        self.path, self.offset = path, offset
+
+
+class LogWriteError(LogError):
+    """Appending to or fsyncing the log failed (disk full, I/O error, read-only file system)."""
+
+
+class ReadOnlyError(PydbmsError):
+    """The database refuses writes after a log failure; reads still work. Fix the cause, then
+    ``save()`` (a checkpoint onto fresh log files) makes it writable again."""

@@ -8,7 +8,10 @@ naming the shard, at once (end-of-file on its pipe), never as a hang.
 from __future__ import annotations
 
 import os
+import select
+import signal
 import threading
+import time
 from typing import Any, Sequence
 
 import multiprocess
@@ -40,6 +43,46 @@ def _preparation_data(name: str) -> dict[str, Any]:
 multiprocess.spawn.get_preparation_data = _preparation_data
 
 
+_preloaded = False
+
+
+def _context(start_method: str) -> Any:
+    """The process context; the forkserver imports the worker's modules once, so a worker
+    forked from it starts without importing numpy, msgspec and this package again."""
+    global _preloaded
+    context = multiprocess.get_context(start_method)
+    if start_method == "forkserver" and not _preloaded:
+        context.set_forkserver_preload(["pydbms_shard.workers.loop"])
+        _preloaded = True
+    return context
+
+
+class Liveness:
+    """Which workers have ended, in one system call: a process's sentinel becomes readable
+    when it ends. The poll set is built once per set of handles (a rebuilt shard renews it)."""
+
+    def __init__(self) -> None:
+        self._handles: tuple[ShardHandle, ...] = ()
+        self._poller = select.poll()  # not select(): descriptors above 1023 are fine
+        self._by_fd: dict[int, ShardHandle] = {}
+
+    def dead(self, handles: Sequence[ShardHandle]) -> list[ShardHandle]:
+        if tuple(handles) != self._handles:
+            self._handles = tuple(handles)
+            self._poller = select.poll()
+            self._by_fd = {}
+            for h in handles:
+                if not h.dead:
+                    self._by_fd[h.process.sentinel] = h
+                    self._poller.register(h.process.sentinel, select.POLLIN)
+        known = [h for h in handles if h.dead]
+        for fd, _ in self._poller.poll(0):
+            h = self._by_fd.get(fd)
+            if h is not None and h not in known:
+                known.append(h)
+        return known
+
+
 class ShardHandle:
     """One worker process and the coordinator's end of its pipe."""
 
@@ -47,7 +90,7 @@ class ShardHandle:
         from .workers.loop import main  # the worker's entry point, importable in the child
 
         self.index = index
-        context = multiprocess.get_context(start_method)
+        context = _context(start_method)
         self.conn, child_conn = context.Pipe(duplex=True)
         # the worker's snapshot writer reports on its own pipe, so a save is awaited without
         # holding the DataBase lock or asking the worker anything
@@ -59,11 +102,16 @@ class ShardHandle:
         _starting.shard = True
         try:
             self.process.start()
+        except BaseException:
+            for end in (self.conn, child_conn, self.events, child_events):
+                end.close()
+            raise
         finally:
             _starting.shard = False
         child_conn.close()  # only the worker holds its ends now: its death means EOF here
         child_events.close()
         self.dead: str | None = None
+        self.timed_out = False
         self.unanswered = 0  # requests sent whose replies are not read yet
 
     @property
@@ -95,12 +143,36 @@ class ShardHandle:
             raise
         self.unanswered += 1
 
-    def recv(self) -> list[Any]:
-        """The decoded reply parts ``[ok, ...]``."""
+    def kill(self, why: str) -> None:
+        """SIGKILL the worker (it works on a stopped process too) and mark the handle dead."""
         try:
-            while not self.conn.poll(_LIVENESS_POLL_SECONDS):
+            if self.process.pid is not None and self.process.is_alive():
+                os.kill(self.process.pid, signal.SIGKILL)
+            self.process.join(_JOIN_SECONDS)
+        except (OSError, ValueError, AssertionError):
+            pass
+        self.dead = why
+
+    def ensure_gone(self) -> None:
+        """Kill and reap the worker if it still runs, keeping what was said about its death."""
+        why = self.dead
+        self.kill(why or "stopped after a failed call")
+
+    @property
+    def alive(self) -> bool:
+        return not self.dead and self.process.is_alive()
+
+    def recv(self, deadline: float | None = None) -> list[Any]:
+        """The decoded reply parts ``[ok, ...]``. Past ``deadline`` (a ``time.monotonic()``
+        value) the worker is killed and ShardError says it timed out."""
+        try:
+            while not self.conn.poll(_LIVENESS_POLL_SECONDS if deadline is None else max(0.0, min(_LIVENESS_POLL_SECONDS, deadline - time.monotonic()))):
                 if not self.process.is_alive():
                     raise self._died("died")
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.timed_out = True
+                    self.kill(f"worker process {self.pid} did not answer in time and was killed")
+                    raise ShardError(self.index, f"timed out: worker process {self.pid} did not answer within the call_timeout, so it was killed")
         except (EOFError, OSError):
             raise self._died("died") from None
         try:
@@ -113,35 +185,44 @@ class ShardHandle:
         self.unanswered -= 1
         return decode_parts(data)
 
-    def stop(self) -> None:
-        """Ask the worker to exit, then make sure it has: join, terminate, kill."""
+    def stop(self, patience: float = _JOIN_SECONDS) -> None:
+        """Ask the worker to exit, then make sure it has within about ``patience`` seconds:
+        a stopped or stuck worker is killed, so closing never hangs."""
+        deadline = time.monotonic() + patience
         if not self.dead and self.process.is_alive():
             try:
                 while self.unanswered:
-                    self.recv()
+                    self.recv(deadline)
                 self.conn.send_bytes(encode(["exit"]))
-                self.conn.poll(_JOIN_SECONDS) and self.conn.recv_bytes()
+                self.conn.poll(max(0.0, deadline - time.monotonic())) and self.conn.recv_bytes()
             except (OSError, EOFError, ValueError, ShardError):
                 pass
-        self.conn.close()
-        self.events.close()
-        self.process.join(_JOIN_SECONDS)
+        try:
+            self.conn.close()
+            self.events.close()
+        except OSError:
+            pass
+        self.process.join(max(0.0, deadline - time.monotonic()))
         if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(_JOIN_SECONDS)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
+            self.kill("closed")
         self.dead = self.dead or "closed"
 
 
 def wait_for_events(handles: Sequence[ShardHandle], timeout: float) -> list[tuple[ShardHandle, Any]]:
     """Event messages from the handles' workers (decoded), or ``(handle, ShardError)`` for a
     worker that died; empty after ``timeout`` seconds of silence."""
+    out: list[tuple[ShardHandle, Any]] = []
+    for h in handles:
+        if h.events.closed:  # stopped meanwhile (rebuilt by another call): its writer is gone
+            out.append((h, ShardError(h.index, h.dead or "its worker was stopped during the save")))
+    if out:
+        return out
     by_conn = {h.events: h for h in handles}
     by_sentinel = {h.process.sentinel: h for h in handles}
-    ready = multiprocess.connection.wait([*by_conn, *by_sentinel], timeout)
-    out: list[tuple[ShardHandle, Any]] = []
+    try:
+        ready = multiprocess.connection.wait([*by_conn, *by_sentinel], timeout)
+    except (OSError, ValueError):
+        return []  # a handle was closed by another thread just now: the next look reports it
     for item in ready:
         if item in by_conn:
             handle = by_conn[item]
@@ -156,18 +237,23 @@ def wait_for_events(handles: Sequence[ShardHandle], timeout: float) -> list[tupl
     return out
 
 
-class ShardFailure(Exception):
-    """A worker answered with an error (its type name and message)."""
+class ShardFailure(ShardError):
+    """A worker answered with an error (its type name and message). ``restart``: the worker
+    is exiting because its memory can no longer be trusted."""
 
-    def __init__(self, shard: int, kind: str, message: str) -> None:
-        super().__init__(f"shard {shard}: {kind}: {message}")
-        self.shard, self.kind, self.message = shard, kind, message
+    def __init__(self, shard: int, kind: str, message: str, restart: bool = False) -> None:
+        super().__init__(shard, f"{kind}: {message}")
+        self.kind, self.message, self.restart = kind, message, restart
 
 
-def exchange(handles: Sequence[ShardHandle], messages: Sequence[bytes | None], return_exceptions: bool = False) -> list[Any]:
+def exchange(
+    handles: Sequence[ShardHandle], messages: Sequence[bytes | None], return_exceptions: bool = False, timeout: float | None = None
+) -> list[Any]:
     """Send each handle its message (None: skip), then collect every reply's result part
     (still encoded). Raises the first ShardError or ShardFailure once all replies are in,
-    or with ``return_exceptions`` puts each shard's exception in its place instead."""
+    or with ``return_exceptions`` puts each shard's exception in its place instead. A worker
+    silent for ``timeout`` seconds is killed (ShardError)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     sent = []
     results: list[Any] = [None] * len(handles)
     for handle, message in zip(handles, messages):
@@ -180,14 +266,17 @@ def exchange(handles: Sequence[ShardHandle], messages: Sequence[bytes | None], r
             results[handle.index] = exc
     for handle in sent:
         try:
-            reply = handle.recv()
+            reply = handle.recv(deadline)
         except ShardError as exc:
             results[handle.index] = exc
             continue
         if decode_any(reply[0]) is True:
             results[handle.index] = reply[1]
         else:
-            results[handle.index] = ShardFailure(handle.index, decode_any(reply[1]), decode_any(reply[2]))
+            restart = len(reply) > 3 and decode_any(reply[3]) is True
+            results[handle.index] = ShardFailure(handle.index, decode_any(reply[1]), decode_any(reply[2]), restart)
+            if restart:
+                handle.dead = f"worker process {handle.pid} exited after a failed write ({decode_any(reply[2])})"
     if not return_exceptions:
         for result in results:
             if isinstance(result, Exception):

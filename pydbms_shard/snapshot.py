@@ -24,7 +24,9 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import struct
+import threading
 import time
 import zlib
 from contextlib import contextmanager
@@ -72,6 +74,8 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     hash: str
     users: int
     files: list[ManifestFile]
+    log_chain: str | None = None  # the write-ahead log this snapshot is a checkpoint of
+    log_seq: int = 0  # the snapshot holds the effect of every logged call up to this sequence number
 
 
 # ---------------------------------------------------------------- file names
@@ -116,9 +120,16 @@ def next_generation(manifest_path: Path) -> int:
 
 
 def manifest_location(path: str | os.PathLike[str]) -> Path:
-    """Where a snapshot really lives: a symlinked manifest means the files beside its target."""
+    """Where a snapshot really lives, spelled one way: a symlinked manifest means the files
+    beside its target, and the folder is resolved (``a/../b``, symlinked folders), so two
+    spellings of one path are the same snapshot."""
     path = Path(path).absolute()
-    return path.resolve() if path.is_symlink() else path
+    try:
+        if path.is_symlink():
+            return path.resolve(strict=False)
+    except (RuntimeError, OSError) as exc:
+        raise SnapshotError(f"{path}: the symlink cannot be followed ({exc})") from None
+    return Path(os.path.realpath(path.parent)) / path.name
 
 
 _NUMBERED = re.compile(r"^(.*)\.g\d{8}-[0-9a-f]{8}\.manifest$")
@@ -144,6 +155,85 @@ def writer_lock(manifest_path: Path, shared: bool = False) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+_ORPHAN_PATIENCE = 3.0  # seconds an opener waits for the workers of an ended program to exit
+_owned: set[Path] = set()  # snapshot paths an open DataBase of this process owns
+_owned_lock = threading.Lock()
+
+
+def owner_lock(manifest_path: Path, optional: bool = False) -> int | None:
+    """Claim a snapshot path for one open DataBase (its log has one writer): a POSIX lock on
+    ``.<name>.owner`` against other processes (not inherited by forked workers, released
+    when the process dies) plus a registry against other DataBases of this process. Returns
+    the lock file's descriptor; ``release_owner_lock`` gives the path back."""
+    with _owned_lock:
+        if manifest_path in _owned:
+            raise SnapshotError(f"{manifest_path}: already open in another DataBase of this process; close it first")
+        lock_path = manifest_path.parent / f".{manifest_path.name}.owner"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if optional and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+                return None  # a reader on a read-only medium: nobody can write a log there either
+            raise SnapshotError(f"{manifest_path}: cannot create its lock file {lock_path.name} ({describe_os_error(exc)})") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise SnapshotError(f"{manifest_path}: already open in a DataBase of another process; close it first") from None
+        # Workers hold a shared flock on the same file while they append to the log: one left
+        # from a program that was killed may still write a message it had received.
+        deadline = time.monotonic() + _ORPHAN_PATIENCE
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)  # free again for this DataBase's own workers
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise SnapshotError(
+                        f"{manifest_path}: a worker process of a program that ended still writes its log; try again once it has exited"
+                    ) from None
+                time.sleep(0.05)
+        _owned.add(manifest_path)
+        return fd
+
+
+def hold_as_worker(manifest_path: Path) -> int:
+    """A worker's shared claim on its DataBase's path, held while the process lives: no new
+    owner opens the path while a worker of the old one may still append to its log."""
+    fd = os.open(manifest_path.parent / f".{manifest_path.name}.owner", os.O_RDWR | os.O_CLOEXEC)
+    deadline = time.monotonic() + _ORPHAN_PATIENCE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return fd
+        except OSError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise
+            time.sleep(0.02)  # an opener is checking for leftover workers just now
+
+
+def release_owner_lock(manifest_path: Path, fd: int) -> None:
+    with _owned_lock:
+        _owned.discard(manifest_path)
+        os.close(fd)
+
+
+def check_not_owned(manifest_path: Path) -> None:
+    """Refuse to write a snapshot over the path of a DataBase that is open (its log would no
+    longer lead from the manifest it finds there). A path this process owns is answered from
+    the registry: opening and closing its lock file here would drop the process's lock."""
+    with _owned_lock:
+        if manifest_path in _owned:
+            raise SnapshotError(f"{manifest_path}: already open in another DataBase of this process; close it first")
+    if (manifest_path.parent / f".{manifest_path.name}.owner").exists():
+        fd = owner_lock(manifest_path)
+        assert fd is not None
+        release_owner_lock(manifest_path, fd)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -194,9 +284,10 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def write_shard_file(
-    path: Path, records: list[Record], shard: int, shards: int, level: int, mode: int
+    path: Path, records: list[Record], shard: int, shards: int, level: int, mode: int, progress: Callable[[int], None] | None = None
 ) -> ManifestFile:
-    """Encode, compress and durably write one shard's records; remove the file on failure."""
+    """Encode, compress and durably write one shard's records; remove the file on failure.
+    ``progress(users written)`` is called after each block (the save's liveness report)."""
     crc = 0
     body_len = 0
     fd = _create(path, mode)
@@ -213,6 +304,8 @@ def write_shard_file(
                     out.write(piece)
                     crc = zlib.crc32(piece, crc)
                     body_len += len(piece)
+                if progress is not None:
+                    progress(min(start + BLOCK_RECORDS, len(records)))
             piece = compressor.flush()
             out.write(piece)
             crc = zlib.crc32(piece, crc)
@@ -384,16 +477,48 @@ def _safe_file_name(manifest_path: Path, name: str) -> Path:
     return manifest_path.parent / name
 
 
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest of 256 shards is a few tens of KiB
+
+
+def read_regular_file(path: Path, cap: int, what: str) -> bytes:
+    """The bytes of a regular file of at most ``cap`` bytes. A pipe, a device or a directory is
+    refused before anything is read (opening never blocks: O_NONBLOCK), so ``/dev/zero`` or a
+    named pipe cannot eat memory or hang the caller."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SnapshotError(f"{path}: no snapshot there (the {what} is missing)") from None
+    except IsADirectoryError:
+        raise SnapshotError(f"{path}: is a directory, not a snapshot {what}") from None
+    except OSError as exc:
+        raise SnapshotError(f"{path}: cannot read the {what} ({describe_os_error(exc)})") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise SnapshotError(f"{path}: is a directory, not a snapshot {what}")
+        if not stat.S_ISREG(info.st_mode):
+            raise SnapshotError(f"{path}: is not a regular file (a pipe, socket or device), not a snapshot {what}")
+        if info.st_size > cap:
+            raise SnapshotError(f"{path}: {info.st_size:,} bytes is too large for a snapshot {what} (at most {cap:,})")
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, cap + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > cap:
+                raise SnapshotError(f"{path}: too large for a snapshot {what} (more than {cap:,} bytes)")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise SnapshotError(f"{path}: cannot read the {what} ({describe_os_error(exc)})") from None
+    finally:
+        os.close(fd)
+
+
 def read_manifest(path: Path) -> Manifest:
     """Read and check a manifest (not yet the files it names)."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise SnapshotError(f"{path}: no snapshot there (the manifest is missing)") from None
-    except IsADirectoryError:
-        raise SnapshotError(f"{path}: is a directory, not a snapshot manifest") from None
-    except OSError as exc:
-        raise SnapshotError(f"{path}: cannot read the manifest ({describe_os_error(exc)})") from None
+    raw = read_regular_file(Path(path), MAX_MANIFEST_BYTES, "manifest")
     try:
         loose = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
@@ -451,7 +576,9 @@ def _check_layout(path: Path, entry: ManifestFile, shards: int) -> None:
         raise SnapshotError(f"{path}: written by a {written_for}-shard save, the manifest says {shards} shards")
 
 
-def build_manifest(generation: int, shards: int, files: list[ManifestFile]) -> Manifest:
+def build_manifest(
+    generation: int, shards: int, files: list[ManifestFile], log_chain: str | None = None, log_seq: int = 0
+) -> Manifest:
     now = time.time()
     created = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     files = sorted(files, key=lambda f: f.shard)
@@ -464,6 +591,8 @@ def build_manifest(generation: int, shards: int, files: list[ManifestFile]) -> M
         hash=HASH_SCHEME,
         users=sum(f.users for f in files),
         files=files,
+        log_chain=log_chain,
+        log_seq=log_seq,
     )
 
 

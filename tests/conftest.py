@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# the workers' fault-injection hook (tests/test_durability.py) answers only with this set;
+# set before any DataBase starts, so the forkserver and every worker inherit it
+os.environ["PYDBMS_FAULT_INJECTION"] = "1"
 
 from pydbms_shard import DataBase
 

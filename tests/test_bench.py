@@ -13,21 +13,26 @@ from pathlib import Path
 
 import pytest
 
-from pydbms_shard import User
-from pydbms_shard.bench import run, workload
+from pydbms_shard import User, generate_users
+from pydbms_shard.bench import durability, run, workload
+from pydbms_shard.snapshot import read_manifest
 from pydbms_shard.bench.sqlite_ref import SQLiteDataBase
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_main_writes_json_and_chart(tmp_path, capsys):
-    code = run.main(["--users", "2000", "--iterations", "1", "--shards", "1,2", "--output", str(tmp_path), "--quiet"])
+    code = run.main(
+        ["--users", "2000", "--iterations", "1", "--shards", "1,2", "--output", str(tmp_path), "--quiet", "--no-durability"]
+    )
     assert code == 0
     [json_path] = tmp_path.glob("bench-*.json")
     [png_path] = tmp_path.glob("bench-*.png")
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads(json_path.read_text())
     assert {"schema", "machine", "settings", "rows", "engines", "targets", "files"} <= set(doc)
+    assert doc["durability"] is None and doc["settings"]["durability"] == "skipped"
     assert {"cpu_count", "platform", "python", "date"} <= set(doc["machine"])
     assert doc["settings"]["users"] == 2000 and doc["settings"]["batch"] == 200
     assert doc["rows"] == list(workload.ROWS)
@@ -47,6 +52,53 @@ def test_main_writes_json_and_chart(tmp_path, capsys):
     assert str(json_path) in printed
 
 
+def test_durability_only_at_a_tiny_size(tmp_path, capsys, monkeypatch):
+    """The durability measurements end to end with 2k users and one round: the structure of the
+    JSON and of the printed table (never the timings, which depend on the machine). Workers
+    start by fork here, only to keep the test fast (about a dozen DataBases open)."""
+    monkeypatch.setattr(durability, "OPEN_OPTIONS", {"start_method": "fork"})
+    code = run.main(
+        ["--durability-only", "--users", "2000", "--iterations", "1", "--output", str(tmp_path), "--quiet"]
+    )
+    assert code == 0
+    [json_path] = tmp_path.glob("bench-*.json")
+    assert not list(tmp_path.glob("bench-*.png")) and not list(tmp_path.glob("pydbms-bench-*"))
+    doc = json.loads(json_path.read_text())
+    assert doc["engines"] == [] and doc["targets"] == [] and doc["settings"]["durability"] == "only"
+    d = doc["durability"]
+    assert d["rounds"] == 1 and d["shards"] == run.os.cpu_count()
+    batch, single, recovery = d["batch_add"], d["single_add"], d["recovery"]
+    assert batch["users_per_call"] == 2000 and batch["calls"] == 3
+    assert len(batch["memory_seconds"]) == len(batch["always_seconds"]) == 1
+    assert batch["ratio"] == pytest.approx(batch["always_median"] / batch["memory_median"])
+    assert single["calls"] == 200
+    for mode in ("memory", "everysec", "always"):
+        assert len(single[mode]["seconds"]) == 1 and single[mode]["calls_per_second"] > 0
+        assert 0 < single[mode]["call_median_us"] <= single[mode]["call_p99_us"]
+    assert single["ratio"] == pytest.approx(single["everysec"]["median_seconds"] / single["memory"]["median_seconds"])
+    assert recovery["users"] == 2000 and recovery["log_bytes"] > 0 and recovery["snapshot_bytes"] > 0
+    assert recovery["ratio"] == pytest.approx(recovery["from_log_median"] / recovery["from_snapshot_median"])
+    assert 0 < recovery["empty_open_median"]
+    assert [t["limit"] for t in d["targets"]] == [1.3, 1.5, 2.0]
+    assert all(t["unit"] == "x" and t["met"] in (True, False) for t in d["targets"])
+    printed = capsys.readouterr().out
+    assert "Durability" in printed and "Single add throughput" in printed and "fsync always" in printed
+    assert printed.count("PASS") + printed.count("MISS") == 3
+    assert "Operation" not in printed  # no main table
+
+
+def test_durability_log_holds_every_user(tmp_path, monkeypatch):
+    """The recovery set-up leaves every user in the log and none in the snapshot, and reopening
+    replays them all."""
+    monkeypatch.setattr(durability, "OPEN_OPTIONS", {"start_method": "fork"})
+    users = generate_users(300, seed=5)
+    path = tmp_path / "db.json"
+    log_bytes = durability.build_logged(1, path, users, batch=100)
+    assert log_bytes > 0 and read_manifest(path).users == 0
+    assert durability.time_open(1, path, expected=300) > 0
+
+
+@pytest.mark.slow
 def test_references_answer_like_our_engine(tmp_path):
     wl = workload.Workload(1000, seed=7)
     engines = [workload.make_engine("original"), workload.make_engine("sqlite"), workload.make_engine("ours", 2)]

@@ -95,6 +95,7 @@ def wait_for(lines: queue.Queue, word: str, child: subprocess.Popen, stderr_path
             return parts
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_sigkill_at_random_moments_always_leaves_a_loadable_snapshot(tmp_path):
     script = tmp_path / "saver.py"

@@ -10,6 +10,7 @@ from pydbms_shard import DataBase
 from pydbms_shard.demo import main
 
 
+@pytest.mark.slow
 def test_demo_runs_the_workload_and_leaves_its_files(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["--users", "2000", "--iterations", "1", "--shards", "2", "--output", str(out), "--autosave-seconds", "1", "--quiet"]) == 0

@@ -9,7 +9,9 @@ eviction and chunking paths run too.
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import uuid
 from collections import Counter
 
@@ -188,13 +190,53 @@ def test_id_pool_reaches_every_shard():
         assert set(shards_of(raw, shards).tolist()) == set(range(shards))
 
 
-def test_random_call_sequences_match_a_dict_model(model_db):
-    run_state_machine_as_test(
-        lambda: DataBaseMachine(*model_db),
-        settings=settings(
-            max_examples=40,
-            stateful_step_count=30,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        ),
+def _machine_settings(examples: int, steps: int) -> settings:
+    return settings(
+        max_examples=examples,
+        stateful_step_count=steps,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
+
+
+def test_random_call_sequences_match_a_dict_model(model_db):
+    run_state_machine_as_test(lambda: DataBaseMachine(*model_db), settings=_machine_settings(40, 30))
+
+
+class DurableMachine(DataBaseMachine):
+    """The same calls on a DataBase that keeps a write-ahead log, plus reopening it with any
+    shard count (recovery must give back exactly the model) and killing a worker (the shard
+    must heal with nothing lost). ``save``/``load`` here are checkpoints of its own path."""
+
+    def __init__(self, holder: list, path) -> None:
+        self.holder = holder
+        super().__init__(holder[0], path)
+
+    @rule(shards=st.integers(1, 3))
+    def reopen(self, shards):
+        resharded = shards != self.db.shard_count
+        self.db.close()
+        self.db = self.holder[0] = DataBase(shards=shards, snapshot_path=self.snapshot_path, **DURABLE)
+        if resharded:  # the new layout is checkpointed at once: load() returns to it
+            self.saved = dict(self.model)
+
+    @rule(data=st.data())
+    def kill_a_worker(self, data):
+        shard = data.draw(st.integers(0, 2), label="shard") % self.db.shard_count  # the count varies by example
+        os.kill(self.db.stats()["shards"][shard]["pid"], signal.SIGKILL)
+
+
+DURABLE = {"iter_chunk_size": 3, "cache_size": 5, "max_restarts": 1000, "log_fsync": "no"}
+
+
+@pytest.fixture
+def durable_db(tmp_path):
+    path = tmp_path / "durable.json"
+    holder = [DataBase(shards=2, snapshot_path=path, **DURABLE)]
+    yield holder, path
+    holder[0].close()
+
+
+@pytest.mark.slow
+def test_logged_database_with_reopens_and_dead_workers_matches_a_dict_model(durable_db):
+    run_state_machine_as_test(lambda: DurableMachine(*durable_db), settings=_machine_settings(15, 25))

@@ -631,7 +631,7 @@ def _faulty_writer(marker: Path, make_error, failing_shard: int = 1):
     """A write_shard_file that, while ``marker`` exists, leaves half a file and fails on one shard."""
     real = snapshot_mod.write_shard_file
 
-    def write_shard_file(path, records, shard, shards, level, mode):
+    def write_shard_file(path, records, shard, shards, level, mode, progress=None):
         if marker.exists() and shard == failing_shard:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
             os.write(fd, b"PDBSHARD" + b"\0" * 100)  # half written, then the disk says no
@@ -747,7 +747,7 @@ def test_failure_after_the_manifest_rename_never_breaks_the_snapshot(tmp_path, m
 def _self_killing_writer(victim_shard: int, slow_shard: int | None = None, delay: float = 0.0):
     real = snapshot_mod.write_shard_file
 
-    def write_shard_file(path, records, shard, shards, level, mode):
+    def write_shard_file(path, records, shard, shards, level, mode, progress=None):
         if shard == victim_shard and Path(path).name.startswith("db.json.g") and ".g00000001-" not in Path(path).name:
             os.kill(os.getpid(), signal.SIGKILL)
         if shard == slow_shard:
@@ -818,10 +818,10 @@ def test_save_onto_a_directory_fails_and_leaves_nothing(tmp_path):
 def _slow_writer(started_flag: Path, seconds: float):
     real = snapshot_mod.write_shard_file
 
-    def slow_write(file_path, records, shard, shards, level, mode):
+    def slow_write(file_path, records, shard, shards, level, mode, progress=None):
         started_flag.touch()
         time.sleep(seconds)  # a big shard: compressing and writing takes a while
-        return real(file_path, records, shard, shards, level, mode)
+        return real(file_path, records, shard, shards, level, mode, progress)
 
     return slow_write
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from itertools import compress
+import time
+from itertools import compress, groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable
 
 
 from pydbms_shard import snapshot
+from pydbms_shard.errors import LogError
 from pydbms_shard.codec import (
     Raw,
     decode_any,
@@ -31,10 +34,17 @@ from pydbms_shard.codec import (
 )
 from pydbms_shard.routing import shards_of_joined
 
+from . import log as wal
 from .id_index import as_rows
 from .partition import Partition
 
 _PARENT_POLL_SECONDS = 0.5
+_WRITE_OPS = frozenset({"add", "upsert", "remove", "clear"})
+
+
+class _Poisoned(Exception):
+    """A logged write failed half-way: this process's memory can no longer be trusted, so it
+    replies and exits, and the coordinator rebuilds the shard from its snapshot and log."""
 
 
 class ShardWorker:
@@ -48,6 +58,11 @@ class ShardWorker:
         self.writer: threading.Thread | None = None
         self.staged: Partition | None = None
         self.stopping = False
+        self.log: wal.SegmentWriter | None = None
+        self.apply_faults = 0  # test hook (op_inject_fault "apply")
+        self.claim: int | None = None  # the shared lock on the path's owner file (see snapshot.hold_as_worker)
+        # the last write call, until the next one: (seq, log offset or None, how to revert it)
+        self.undo: tuple[int, int | None, Callable[[], None]] | None = None
         # op name -> (handler, which arguments stay encoded: those annotated ``Raw``)
         self.handlers: dict[str, tuple[Callable[..., Any], tuple[bool, ...]]] = {}
         for name in dir(self):
@@ -59,21 +74,66 @@ class ShardWorker:
 
     # ------------------------------------------------------------ writes
 
-    def op_add(self, records: Raw) -> int:
-        with gc_paused():
-            return self.partition.add(decode_records(records))
+    def op_write(self, seq: int, nonce: int, touched: list, inner: Raw) -> Any:
+        """One write call: log the message as it came (one record, durable as ``log_fsync``
+        says), apply it, and keep how to undo it until the coordinator moves on, so a call
+        that failed on another shard is rolled back here too."""
+        self.undo = None
+        parts = decode_parts(inner)
+        op = decode_str(parts[0])
+        if op not in _WRITE_OPS:
+            raise ValueError(f"not a write command: {op!r}")
+        offset = self.log.append(seq, nonce, touched, memoryview(inner)) if self.log is not None else None
+        try:
+            result, revert = self._apply(self.partition, op, parts[1:])
+        except BaseException as exc:
+            raise _Poisoned(f"{type(exc).__name__}: {exc}") from exc
+        self.undo = (seq, offset, revert)
+        return result
 
-    def op_upsert(self, records: Raw) -> list:
-        """[how many were new, the IDs that were replaced]."""
-        with gc_paused():
-            inserted, replaced = self.partition.upsert_detailed(decode_records(records))
-        return [inserted, replaced]
+    def _apply(self, partition: Partition, op: str, args: list, mine: Callable[[list], list] | None = None) -> tuple[Any, Callable[[], None]]:
+        """Apply one write message's arguments; returns the reply and a function that undoes it.
+        ``mine`` keeps only this shard's records (replaying a log written by another layout)."""
+        if self.apply_faults and partition is self.partition:
+            self.apply_faults -= 1
+            partition.add_ids(decode_records(args[0])[:1] if op in ("add", "upsert") else [])
+            raise MemoryError("injected: out of memory while applying a write")
+        if op == "add":
+            with gc_paused():
+                records = decode_records(args[0])
+                added = partition.add_ids(mine(records) if mine else records)
+            return len(added), lambda: partition.remove(added, [])
+        if op == "upsert":
+            with gc_paused():
+                records = decode_records(args[0])
+                inserted, replaced = partition.upsert_undoable(mine(records) if mine else records)
+            return [len(inserted), [old.id for old in replaced]], lambda: partition.undo_upsert(inserted, replaced)
+        if op == "remove":
+            removed = partition.remove_records(decode_bytes_list(args[0]), decode_str_list(args[1]))
+            return [record.id for record in removed], lambda: partition.add(removed)
+        if op == "clear":
+            before = (partition.by_id, partition.by_name, partition.ids)
+            partition.clear()
 
-    def op_remove(self, ids: Raw, names: Raw) -> list[bytes]:
-        return self.partition.remove(decode_bytes_list(ids), decode_str_list(names))
+            def restore() -> None:
+                partition.by_id, partition.by_name, partition.ids = before
 
-    def op_clear(self) -> None:
-        self.partition.clear()
+            return None, restore
+        raise ValueError(f"not a write command: {op!r}")
+
+    def op_undo(self, seq: int) -> bool:
+        """Roll back write call ``seq`` (the last one here): memory first, then the log."""
+        if self.undo is None or self.undo[0] != seq:
+            return False
+        _, offset, revert = self.undo
+        self.undo = None
+        try:
+            revert()
+        except BaseException as exc:
+            raise _Poisoned(f"undo failed: {type(exc).__name__}: {exc}") from exc
+        if offset is not None and self.log is not None:
+            self.log.undo(offset)
+        return True
 
     # ------------------------------------------------------------ reads
 
@@ -103,6 +163,7 @@ class ShardWorker:
             "pid": os.getpid(),
             "rss_bytes": _rss_bytes(),
             "open_scans": len(self.scans),
+            "log": None if self.log is None else {"file": self.log.path.name, "bytes": self.log.size, "fsyncs": self.log.fsyncs, "failed": self.log.failed},
         }
 
     # ------------------------------------------------------------ iteration
@@ -126,11 +187,18 @@ class ShardWorker:
 
     # ------------------------------------------------------------ snapshots
 
-    def op_snap_begin(self, path: str, level: int, mode: int) -> int:
-        """Take the cut now and write it in a thread, so calls keep flowing meanwhile."""
+    def op_snap_begin(self, path: str, level: int, mode: int, rotate: list | None = None, staged: bool = False) -> int:
+        """Take the cut now and write it in a thread, so calls keep flowing meanwhile. With
+        ``rotate`` the log moves on to a new segment at the cut: the snapshot covers the old
+        ones. With ``staged`` the cut is of the staged partition (a load being checkpointed)."""
         if self.writer is not None and self.writer.is_alive():
             raise RuntimeError("a snapshot of this shard is already being written")
-        cut = self.partition.values()
+        source = self.staged if staged else self.partition
+        if source is None:
+            raise RuntimeError("nothing staged to write")
+        if rotate is not None:
+            self._open_log(*rotate)
+        cut = source.values()
         self.writer = threading.Thread(
             target=self._write, args=(Path(path), cut, level, mode), name=f"snapshot-writer-{self.shard}", daemon=True
         )
@@ -138,8 +206,19 @@ class ShardWorker:
         return len(cut)
 
     def _write(self, path: Path, cut: list, level: int, mode: int) -> None:
+        last = [time.monotonic()]
+
+        def progress(done: int) -> None:  # at most twice a second: the coordinator's liveness check
+            now = time.monotonic()
+            if self.events is not None and now - last[0] > 0.5:
+                last[0] = now
+                try:
+                    self.events.send_bytes(encode([str(path), None, done]))
+                except OSError:
+                    pass
+
         try:
-            result = [str(path), True, snapshot.write_shard_file(path, cut, self.shard, self.shards, level, mode)]
+            result = [str(path), True, snapshot.write_shard_file(path, cut, self.shard, self.shards, level, mode, progress)]
         except OSError as exc:
             result = [str(path), False, f"{path}: cannot write ({snapshot.describe_os_error(exc)})"]
         except Exception as exc:  # reported to the coordinator, which raises SnapshotError
@@ -170,11 +249,84 @@ class ShardWorker:
             self.staged = Partition(records)
         return len(self.staged)
 
-    def op_load_commit(self) -> int:
+    def op_replay(self, paths: list, filters: list, extents: list) -> int:
+        """Replay logged write calls onto the staged partition, in sequence order.
+        ``extents`` are ``[path index, start, end]``; a path whose ``filters`` entry is true was
+        written by another shard layout, so only this shard's users are kept from it. Runs of
+        one file are read a batch at a time and applied as they come (bounded memory)."""
+        if self.staged is None:
+            self.staged = Partition()
+        staged, mine = self.staged, self._mine
+        for k, run in groupby(extents, key=itemgetter(0)):
+            spans = [(start, end) for _, start, end in run]
+            keep = mine if filters[k] else None
+            for _seq, payload in wal.read_records(Path(paths[k]), spans):
+                parts = decode_parts(payload)
+                self._apply(staged, decode_str(parts[0]), parts[1:], keep)
+        return len(staged)
+
+    def _mine(self, records: list) -> list:
+        if not records:
+            return records
+        keep = shards_of_joined(b"".join([r.id for r in records]), self.shards) == self.shard
+        return list(compress(records, keep.tolist()))
+
+    def op_load_commit(self, log: list | None = None) -> int:
+        """Swap the staged partition in; with ``log``, append to the given log from now on."""
         if self.staged is None:
             raise RuntimeError("nothing staged to commit")
         self.partition, self.staged = self.staged, None  # open scans keep their own cut
+        self.undo = None
+        if log is not None:
+            self._open_log(*log)
         return len(self.partition)
+
+    def _open_log(self, directory: str, manifest: str, chain: str, base: int, fsync: str, mode: int, append: list | None = None) -> None:
+        """Start appending to a new segment at ``base`` (or to ``append`` = [file, offset]).
+        The old writer is closed only once the new one exists: a failure keeps the old one."""
+        if self.claim is None:
+            self.claim = snapshot.hold_as_worker(Path(directory) / manifest)
+        current = self.log
+        if append is None and current is not None and current.failed is None and current.chain == chain and current.base == base:
+            return  # nothing was logged since the last rotation: the current segment serves
+        if append is not None:
+            path = Path(directory) / append[0]
+            new = wal.SegmentWriter(path, chain=chain, base=base, shard=self.shard, shards=self.shards, fsync=fsync, mode=mode, append_at=append[1])  # type: ignore[arg-type]
+        else:
+            path = Path(directory) / wal.segment_name(manifest, chain, base, self.shard, self.shards)
+            if current is not None and current.failed is not None and current.path == path:
+                current.close(sync=False)  # it holds at most the record of the call that failed
+                path.unlink()
+                current = None
+            new = wal.SegmentWriter(path, chain=chain, base=base, shard=self.shard, shards=self.shards, fsync=fsync, mode=mode)  # type: ignore[arg-type]
+        self.log = new
+        if current is not None:
+            try:
+                current.close(sync=current.failed is None)
+            except LogError:
+                pass  # its records up to the cut are in the snapshot being written
+
+    def op_inject_fault(self, call: str, error: int, after: int = 0, times: int = 1) -> None:
+        """Test hook: make the log's ``call`` (write, fsync, ftruncate) fail with errno ``error``
+        ``times`` times after ``after`` more successful calls (a disk that fills up, then is
+        freed). Only for fault-injection tests: refused unless PYDBMS_FAULT_INJECTION=1 was
+        set when the worker started."""
+        if os.environ.get("PYDBMS_FAULT_INJECTION") != "1":
+            raise PermissionError("fault injection is a test hook: set PYDBMS_FAULT_INJECTION=1 before the DataBase starts")
+        if call == "apply":  # the next ``times`` writes run out of memory half-way through
+            self.apply_faults = times
+            return
+        original = getattr(wal, f"_{call}")
+        state = {"left": after, "fail": times}
+
+        def failing(*args: Any) -> Any:
+            if state["left"] > 0 or state["fail"] <= 0:
+                state["left"] -= 1
+                return original(*args)
+            state["fail"] -= 1
+            raise OSError(error, os.strerror(error))
+
+        setattr(wal, f"_{call}", failing)
 
     def op_load_abort(self) -> None:
         self.staged = None
@@ -185,6 +337,11 @@ class ShardWorker:
     def op_exit(self) -> None:
         if self.writer is not None:
             self.writer.join()
+        if self.log is not None:
+            try:
+                self.log.close(sync=self.log.failed is None)
+            except LogError:
+                pass
         self.stopping = True
 
     # ------------------------------------------------------------ dispatch
@@ -198,6 +355,9 @@ class ShardWorker:
             handler, raw = self.handlers[op]
             args = [part if keep else decode_any(part) for part, keep in zip(parts[1:], raw)]
             return encode([True, handler(*args)])
+        except _Poisoned as exc:
+            self.stopping = True  # reply, then exit: the coordinator rebuilds this shard
+            return encode([False, "ShardPoisoned", str(exc), True])
         except Exception as exc:
             return encode([False, type(exc).__name__, str(exc)])
 

@@ -88,6 +88,10 @@ class Partition:
 
     def add(self, records: list[Record]) -> int:
         """Insert each record whose ID is new; an ID already stored is skipped."""
+        return len(self.add_ids(records))
+
+    def add_ids(self, records: list[Record]) -> list[bytes]:
+        """As ``add``; returns the IDs added (what undoing the batch must remove)."""
         by_id, by_name, index = self.by_id, self.by_name, self._index
         added = []
         for record in records:
@@ -102,7 +106,7 @@ class Partition:
                 by_name[name] = id_
             added.append(id_)
         self.ids.add_new(as_rows(b"".join(added)))
-        return len(added)
+        return added
 
     def upsert(self, records: list[Record]) -> int:
         """Insert or replace; returns how many were new. A replaced record leaves no trace."""
@@ -110,8 +114,15 @@ class Partition:
 
     def upsert_detailed(self, records: list[Record]) -> tuple[int, list[bytes]]:
         """Insert or replace; returns how many were new and the IDs that were replaced."""
+        inserted, replaced = self.upsert_undoable(records)
+        return len(inserted), [old.id for old in replaced]
+
+    def upsert_undoable(self, records: list[Record]) -> tuple[list[bytes], list[Record]]:
+        """Insert or replace; returns the IDs inserted and the records replaced, in order
+        (what undoing the batch must remove and put back)."""
         by_id, by_name, index = self.by_id, self.by_name, self._index
-        inserted, replaced = [], []
+        inserted: list[bytes] = []
+        replaced: list[Record] = []
         for record in records:
             id_ = record.id
             old = by_id.get(id_)
@@ -119,16 +130,28 @@ class Partition:
             if old is None:
                 inserted.append(id_)
             else:
-                replaced.append(id_)
+                replaced.append(old)
                 if old.name == record.name:
                     continue  # the name index already holds this ID under this name
                 self._unindex(old.name, id_)
             index(by_name, record.name, id_)
         self.ids.add_new(as_rows(b"".join(inserted)))
-        return len(inserted), replaced
+        return inserted, replaced
+
+    def undo_upsert(self, inserted: list[bytes], replaced: list[Record]) -> None:
+        """Put back the state before ``upsert_undoable`` returned (inserted, replaced)."""
+        before: dict[bytes, Record | None] = dict.fromkeys(inserted)
+        for old in replaced:
+            before.setdefault(old.id, old)  # the first record replaced is the one from before
+        self.remove([id_ for id_ in before], [])
+        self.add([old for old in before.values() if old is not None])
 
     def remove(self, ids: list[bytes], names: list[str]) -> list[bytes]:
         """Remove by ID, then every user with each name; returns the IDs removed."""
+        return [record.id for record in self.remove_records(ids, names)]
+
+    def remove_records(self, ids: list[bytes], names: list[str]) -> list[Record]:
+        """As ``remove``; returns the records removed (what undoing the batch must put back)."""
         by_id, by_name, removed = self.by_id, self.by_name, []
         for record in map(by_id.pop, ids, repeat(None)):
             if record is not None:
@@ -137,17 +160,15 @@ class Partition:
                     del by_name[name]
                 else:
                     self._unindex(name, id_)
-                removed.append(id_)
+                removed.append(record)
         for group in map(by_name.pop, names, repeat(None)):
             if group is not None:
                 if type(group) is bytes:
-                    del by_id[group]
-                    removed.append(group)
+                    removed.append(by_id.pop(group))
                 else:
                     for id_ in group:
-                        del by_id[id_]
-                        removed.append(id_)
-        self.ids.discard(as_rows(b"".join(removed)))
+                        removed.append(by_id.pop(id_))
+        self.ids.discard(as_rows(b"".join([record.id for record in removed])))
         return removed
 
     def clear(self) -> None:

@@ -1,7 +1,7 @@
 """Reference (a): the original pyDBMS design, written plainly to be measured against.
 
 One process, ``{ID: User}`` plus a name index ``{name: set of IDs}``, one JSON object per line
-on disk with a ``.bak`` copy before each save, as ``shared/WORKLOAD.md`` describes.
+on disk with a ``.bak`` copy before each save, as the original project does.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The benchmark behind ``scripts/bench`` and ``pydbms bench``: the original's table for our
-engine at each shard count and for both references, side by side, plus results as JSON and a
-PNG chart.
+engine at each shard count and for both references, side by side, then what durability costs
+(the write-ahead log against the same engine in memory, see :mod:`.durability`), plus results
+as JSON and a PNG chart.
 
     python -m pydbms_shard.bench.run --users 1000000 --iterations 5 --shards 1,2,default
 """
@@ -8,18 +9,21 @@ PNG chart.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..cli import CommandError, OneLineParser, whole_number
+from .durability import QUICK_SINGLE_CALLS, SINGLE_CALLS, BATCH_USERS, format_durability, run_durability
 from .workload import (
     BATCH_ROWS,
     DEFAULT_SEED,
@@ -67,15 +71,17 @@ def parse_shards(text: str) -> list[int]:
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=prog,
-        description="Run the reference workload (shared/WORKLOAD.md) on pydbms-shard and on two references: "
-        "(a) the original pyDBMS design and (b) SQLite. Prints the original's table with a ratio column "
-        "against (a), and writes the results as JSON and a PNG chart.",
+        description="Run the reference workload (the original pyDBMS benchmark's rows) on pydbms-shard and on "
+        "two references: (a) the original pyDBMS design and (b) SQLite. Prints the original's table with a ratio "
+        "column against (a), then a Durability table (the write-ahead log against the same engine in memory), "
+        "and writes the results as JSON and a PNG chart.",
     )
     parser.add_argument("--users", type=_positive_int, default=None, metavar="N",
                         help=f"users in the database (default {FULL_USERS:,}; {QUICK_USERS:,} with --quick); "
-                        "the batch rows use N/10")
+                        "the batch rows use N/10; the durability recovery replays N users")
     parser.add_argument("--iterations", type=_positive_int, default=None, metavar="K",
-                        help=f"times each row runs (default {FULL_ITERATIONS}; {QUICK_ITERATIONS} with --quick)")
+                        help=f"times each row (and each durability measurement) runs (default {FULL_ITERATIONS}; "
+                        f"{QUICK_ITERATIONS} with --quick)")
     parser.add_argument("--shards", type=parse_shards, default=None, metavar="LIST",
                         help=f"our engine's shard counts, comma-separated; 'default' is the CPU count "
                         f"(default {FULL_SHARDS!r}; {QUICK_SHARDS!r} with --quick)")
@@ -85,6 +91,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=Path("bench-results"), metavar="DIR",
                         help="where the JSON and the chart go (default bench-results/)")
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
+    durability = parser.add_mutually_exclusive_group()
+    durability.add_argument("--durability-only", action="store_true",
+                            help="only the Durability measurements (log against memory; recovery of N users)")
+    durability.add_argument("--no-durability", action="store_true", help="skip the Durability measurements")
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr (the results still print)")
     return parser
 
@@ -168,7 +178,8 @@ def target_engine(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def evaluate_targets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 4's targets, on medians of the same run, for our engine at the default shard count."""
+    """The speed and memory targets, on medians of the same run, for our engine at the default
+    shard count."""
     ours = target_engine(records)
     by_key = {r["engine"]["key"]: r for r in records}
     original, sqlite = by_key.get("original"), by_key.get("sqlite")
@@ -237,17 +248,28 @@ def format_report(doc: dict[str, Any]) -> str:
         f"{settings['iterations']} iteration(s), seed {settings['seed']}",
         f"machine: {machine['cpu_count']} CPUs ({machine.get('processor') or '?'}), {machine['platform']}, "
         f"Python {machine['python']}, {machine['date']}",
-        "ratio column: engine Avg / reference (a) Avg (below 1.00x is faster than the original's design)",
-        "",
     ]
+    if records:
+        out += ["ratio column: engine Avg / reference (a) Avg (below 1.00x is faster than the original's design)", ""]
+    else:
+        out.append("")
     for record in records:
         out += [f"== {record['engine']['label']} ==", format_table(record), ""]
 
-    out += [
+    if records:
+        out += _format_footprint(doc)
+    if doc.get("durability"):
+        out += [format_durability(doc["durability"]), ""]
+    return "\n".join(out)
+
+
+def _format_footprint(doc: dict[str, Any]) -> list[str]:
+    """Bytes on disk and in memory per user, single gets, and the targets of the main run."""
+    records, n = doc["engines"], doc["settings"]["users"]
+    out = [
         f"{'Engine':<40}{'Snapshot bytes':>16}{'Bytes/user on disk':>20}{'Memory/user (B)':>17}{'vs (a)':>9}",
         "_" * 102,
     ]
-    n = settings["users"]
     for record in records:
         memory = record.get("memory") or {}
         disk = record.get("snapshot_bytes")
@@ -268,7 +290,7 @@ def format_report(doc: dict[str, Any]) -> str:
         out.append("")
 
     if doc.get("targets"):
-        out += [f"Targets (issue 4; medians; {doc['targets'][0]['engine']})", "_" * 90]
+        out += [f"Targets (medians; {doc['targets'][0]['engine']})", "_" * 90]
         for t in doc["targets"]:
             state = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
             if t["unit"] == "s":
@@ -277,7 +299,7 @@ def format_report(doc: dict[str, Any]) -> str:
                 measured, limit = _fmt(t["measured"], ",.2f"), _fmt(t["limit"], ",.2f")
             out.append(f"{t['target']:<42}{measured:>12} {t['unit']:<5} limit {limit:>12}  {state}")
         out.append("")
-    return "\n".join(out)
+    return out
 
 
 # ---------------------------------------------------------------- the chart
@@ -338,6 +360,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     iterations = args.iterations or (QUICK_ITERATIONS if args.quick else FULL_ITERATIONS)
     shard_counts = args.shards or parse_shards(QUICK_SHARDS if args.quick else FULL_SHARDS)
     missing = [name for name in ("psutil", "matplotlib") if importlib.util.find_spec(name) is None]
+    if args.durability_only:
+        missing = []  # neither the memory measurement nor the chart
     if missing and not (args.no_chart and missing == ["matplotlib"]):
         print(f"pydbms bench: error: needs {' and '.join(missing)}: pip install 'pydbms-shard[bench]'", file=sys.stderr)
         return 2
@@ -354,29 +378,47 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     output = args.output
     output.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
-    workload, results = run_all(engines, users, iterations, workdir=output, seed=args.seed, progress=progress)
+    results: list[EngineResult] = []
+    if not args.durability_only:
+        _, results = run_all(engines, users, iterations, workdir=output, seed=args.seed, progress=progress)
+    durability = None
+    if not args.no_durability:
+        gc.collect()
+        with tempfile.TemporaryDirectory(prefix="pydbms-bench-", dir=output) as tmp:
+            durability = run_durability(
+                tmp,
+                cpus,
+                batch_users=min(BATCH_USERS, users),
+                single_calls=min(QUICK_SINGLE_CALLS if args.quick else SINGLE_CALLS, max(10, users // 10)),
+                recovery_users=users,
+                rounds=iterations,
+                seed=args.seed,
+                progress=progress,
+            )
 
     records = engine_records(results)
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "machine": machine,
         "settings": {
-            "users": workload.n,
-            "batch": workload.batch,
+            "users": users,
+            "batch": users // 10,
             "iterations": iterations,
-            "seed": workload.seed,
+            "seed": args.seed,
             "shards": shard_counts,
             "default_shards": cpus,
             "quick": args.quick,
+            "durability": "only" if args.durability_only else ("skipped" if args.no_durability else "measured"),
         },
         "rows": list(ROWS),
         "engines": records,
         "targets": evaluate_targets(records),
+        "durability": durability,
         "elapsed_seconds": round(time.perf_counter() - started, 1),
     }
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     json_path = output / f"bench-{stamp}.json"
-    chart_path = None if args.no_chart else output / f"bench-{stamp}.png"
+    chart_path = None if args.no_chart or not records else output / f"bench-{stamp}.png"
     doc["files"] = {"json": str(json_path), "chart": None if chart_path is None else str(chart_path)}
     if chart_path is not None:
         progress("drawing the chart")

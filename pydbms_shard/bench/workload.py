@@ -1,4 +1,4 @@
-"""The reference workload of ``shared/WORKLOAD.md``, run the same way on every engine.
+"""The reference workload (the rows of the original pyDBMS benchmark), run the same way on every engine.
 
 An *engine* is our DataBase at a given shard count, reference (a) (the original's design, in
 :mod:`.original`) or reference (b) (SQLite, in :mod:`.sqlite_ref`). :func:`run_engine` builds
