@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LogDamagedError, SnapshotError
-from .snapshot import fsync_dir, read_manifest
+from .snapshot import fsync_dir, numbered_manifests, read_manifest
 from .workers import log as wal
 
 log = logging.getLogger("pydbms_shard.recovery")
@@ -221,7 +221,7 @@ def remove_obsolete_segments(manifest_path: Path) -> list[str]:
     those of chains no kept manifest names, and those wholly covered by the oldest kept
     snapshot of their chain. A shard's newest segment is always kept."""
     needed: dict[str | None, int] = {}
-    manifests = [manifest_path] + sorted(manifest_path.parent.glob(f"{_glob_escape(manifest_path.name)}.g*.manifest"))
+    manifests = [manifest_path, *numbered_manifests(manifest_path)]
     for candidate in manifests:
         try:
             m = read_manifest(candidate)
@@ -253,10 +253,6 @@ def remove_obsolete_segments(manifest_path: Path) -> list[str]:
     if removed:
         fsync_dir(manifest_path.parent)
     return removed
-
-
-def _glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def repair(manifest_path: Path) -> list[str]:

@@ -32,7 +32,7 @@ import zlib
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 import msgspec
 import zstandard
@@ -81,16 +81,56 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 # ---------------------------------------------------------------- file names
 
 
+# Every file of the snapshot at ``<dir>/<name>`` is spelled here and nowhere else:
+#   <name>.gNNNNNNNN-<token>.sSSS.pdbs    a shard file of generation N (token: the save's)
+#   <name>.gNNNNNNNN-<token>.manifest     the numbered copy of that generation's manifest
+#   .<name>.<token>.tmp                   a manifest being committed
+#   .<name>.lock / .<name>.owner          the writers' lock and the open DataBase's claim
+# (the write-ahead log's segments are named in workers/log.py)
+_GENERATION = r"\.g(\d{8})-([0-9a-f]{8})\."
+_NUMBERED = re.compile(r"^(.*)" + _GENERATION + r"manifest$")
+
+
 def _file_pattern(manifest_name: str) -> re.Pattern[str]:
-    return re.compile(re.escape(manifest_name) + r"\.g(\d{8})-([0-9a-f]{8})\.(s\d{3}\.pdbs|manifest)$")
+    """Matches the shard files and numbered manifests of ``manifest_name``: (generation, token, kind)."""
+    return re.compile(re.escape(manifest_name) + _GENERATION + r"(s\d{3}\.pdbs|manifest)$")
 
 
 def shard_file_name(manifest_name: str, generation: int, token: str, shard: int) -> str:
     return f"{manifest_name}.g{generation:08d}-{token}.s{shard:03d}.pdbs"
 
 
-def _numbered_manifest_name(manifest_name: str, generation: int, token: str) -> str:
+def numbered_manifest_name(manifest_name: str, generation: int, token: str) -> str:
     return f"{manifest_name}.g{generation:08d}-{token}.manifest"
+
+
+def _temp_manifest_name(manifest_name: str, token: str) -> str:
+    return f".{manifest_name}.{token}.tmp"
+
+
+def _is_temp_manifest(manifest_name: str, file_name: str) -> bool:
+    prefix, suffix = f".{manifest_name}.", ".tmp"  # _temp_manifest_name around a token
+    token = file_name[len(prefix) : -len(suffix)]
+    return file_name.startswith(prefix) and file_name.endswith(suffix) and re.fullmatch("[0-9a-f]{8}", token) is not None
+
+
+def lock_file(manifest_path: Path, kind: Literal["lock", "owner"]) -> Path:
+    """The writers' lock (``lock``) or the open DataBase's claim (``owner``) of a snapshot
+    path; a numbered manifest shares its path's."""
+    numbered = _NUMBERED.match(manifest_path.name)
+    base = numbered.group(1) if numbered else manifest_path.name
+    return manifest_path.parent / f".{base}.{kind}"
+
+
+def numbered_manifests(manifest_path: Path) -> list[Path]:
+    """The numbered manifests of every generation on disk, oldest first."""
+    pattern = _file_pattern(manifest_path.name)
+    try:
+        names = os.listdir(manifest_path.parent)
+    except OSError:
+        return []
+    found = [(m, name) for name in names if (m := pattern.match(name)) and m.group(3) == "manifest"]
+    return [manifest_path.parent / name for m, name in sorted(found, key=lambda item: int(item[0].group(1)))]
 
 
 def new_token() -> str:
@@ -132,17 +172,12 @@ def manifest_location(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(path.parent)) / path.name
 
 
-_NUMBERED = re.compile(r"^(.*)\.g\d{8}-[0-9a-f]{8}\.manifest$")
-
-
 @contextmanager
 def writer_lock(manifest_path: Path, shared: bool = False) -> Iterator[None]:
     """One writer per snapshot path, across threads and processes, so a save's clean-up never
     sees another save's files in flight; readers (``shared``) keep writers from rotating files
     away under them. An advisory flock on a hidden lock file beside the manifest."""
-    numbered = _NUMBERED.match(manifest_path.name)  # an older generation's manifest: the path's lock
-    base = numbered.group(1) if numbered else manifest_path.name
-    lock_path = manifest_path.parent / f".{base}.lock"
+    lock_path = lock_file(manifest_path, "lock")
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
@@ -170,7 +205,7 @@ def owner_lock(manifest_path: Path, optional: bool = False) -> int | None:
     with _owned_lock:
         if manifest_path in _owned:
             raise SnapshotError(f"{manifest_path}: already open in another DataBase of this process; close it first")
-        lock_path = manifest_path.parent / f".{manifest_path.name}.owner"
+        lock_path = lock_file(manifest_path, "owner")
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
@@ -204,7 +239,7 @@ def owner_lock(manifest_path: Path, optional: bool = False) -> int | None:
 def hold_as_worker(manifest_path: Path) -> int:
     """A worker's shared claim on its DataBase's path, held while the process lives: no new
     owner opens the path while a worker of the old one may still append to its log."""
-    fd = os.open(manifest_path.parent / f".{manifest_path.name}.owner", os.O_RDWR | os.O_CLOEXEC)
+    fd = os.open(lock_file(manifest_path, "owner"), os.O_RDWR | os.O_CLOEXEC)
     deadline = time.monotonic() + _ORPHAN_PATIENCE
     while True:
         try:
@@ -230,7 +265,7 @@ def check_not_owned(manifest_path: Path) -> None:
     with _owned_lock:
         if manifest_path in _owned:
             raise SnapshotError(f"{manifest_path}: already open in another DataBase of this process; close it first")
-    if (manifest_path.parent / f".{manifest_path.name}.owner").exists():
+    if lock_file(manifest_path, "owner").exists():
         fd = owner_lock(manifest_path)
         assert fd is not None
         release_owner_lock(manifest_path, fd)
@@ -322,7 +357,15 @@ def write_shard_file(
     return ManifestFile(name=path.name, shard=shard, users=len(records), bytes=size, crc32=f"{crc:08x}")
 
 
-def _check_header(path: Path, header: bytes, expect: ManifestFile | None) -> int:
+class ShardHeader(NamedTuple):
+    version: int
+    shard: int
+    shards: int
+    users: int
+
+
+def _check_header(path: Path, header: bytes, expect: ManifestFile | None) -> ShardHeader:
+    """The one reader of a shard file's header: checked on its own and against the manifest."""
     if len(header) < HEADER.size:
         raise SnapshotError(f"{path}: truncated (no complete header)")
     magic, version, flags, shard, shards, _reserved, users = HEADER.unpack(header[: HEADER.size])
@@ -338,7 +381,7 @@ def _check_header(path: Path, header: bytes, expect: ManifestFile | None) -> int
         raise SnapshotError(f"{path}: holds shard {shard}, the manifest says shard {expect.shard}")
     if shard >= shards:
         raise SnapshotError(f"{path}: damaged header (shard {shard} of {shards})")
-    return users
+    return ShardHeader(version, shard, shards, users)
 
 
 def _check_trailer(path: Path, trailer: bytes, size: int, crc: int, expect: ManifestFile | None) -> None:
@@ -385,7 +428,7 @@ def read_shard_file(path: Path, expect: ManifestFile | None = None) -> list[Reco
     except OSError as exc:
         raise SnapshotError(f"{path}: cannot read ({describe_os_error(exc)})") from None
     _check_size(path, len(data), expect)
-    users = _check_header(path, data, expect)
+    users = _check_header(path, data, expect).users
     body_end = len(data) - TRAILER.size
     _check_trailer(path, data[body_end:], len(data), zlib.crc32(memoryview(data)[:body_end]), expect)
     try:
@@ -414,7 +457,7 @@ def iter_shard_file(path: Path, expect: ManifestFile | None = None, decode: Call
         size = os.fstat(f.fileno()).st_size
         _check_size(path, size, expect)
         header = f.read(HEADER.size)
-        users = _check_header(path, header, expect)
+        users = _check_header(path, header, expect).users
         crc = zlib.crc32(header)
         remaining = size - HEADER.size - TRAILER.size
         while remaining:
@@ -570,8 +613,7 @@ def _check_layout(path: Path, entry: ManifestFile, shards: int) -> None:
             header = f.read(HEADER.size)
     except OSError as exc:
         raise SnapshotError(f"{path}: cannot read ({describe_os_error(exc)})") from None
-    _check_header(path, header, entry)
-    written_for = HEADER.unpack(header)[4]
+    written_for = _check_header(path, header, entry).shards
     if written_for != shards:
         raise SnapshotError(f"{path}: written by a {written_for}-shard save, the manifest says {shards} shards")
 
@@ -600,8 +642,8 @@ def commit_manifest(path: Path, manifest: Manifest, token: str, mode: int, keep:
     """Make ``manifest`` the snapshot at ``path`` atomically, then drop old generations."""
     directory = path.parent
     data = json.dumps(msgspec.to_builtins(manifest), indent=2).encode() + b"\n"
-    numbered = directory / _numbered_manifest_name(path.name, manifest.generation, token)
-    tmp = directory / f".{path.name}.{token}.tmp"
+    numbered = directory / numbered_manifest_name(path.name, manifest.generation, token)
+    tmp = directory / _temp_manifest_name(path.name, token)
     try:
         fsync_dir(directory)  # the shard files' names are durable before a manifest names them
         write_bytes_durably(numbered, data, mode)
@@ -646,9 +688,8 @@ def remove_old_generations(path: Path, keep: int) -> list[str]:
     except SnapshotError:
         pass
     removed = []
-    leftover_tmp = re.compile(r"\." + re.escape(path.name) + r"\.[0-9a-f]{8}\.tmp$")
     for name in os.listdir(path.parent):
-        if leftover_tmp.match(name):  # a manifest temp file of a save killed before its rename
+        if _is_temp_manifest(path.name, name):  # a manifest temp file of a save killed before its rename
             _remove_quietly(path.parent / name)
             removed.append(name)
     for key, names in groups.items():

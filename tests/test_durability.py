@@ -417,17 +417,16 @@ def test_load_caps_what_it_reads_of_a_manifest(tmp_path):
 def test_a_path_open_in_another_process_is_refused_until_that_process_dies(tmp_path):
     path = tmp_path / "db.json"
     script = f"from pydbms_shard import DataBase\ndb = DataBase(shards=1, snapshot_path={str(path)!r})\nprint('open', flush=True)\ninput()\n"
-    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        assert child.stdout.readline().strip() == "open"
-        with pytest.raises(SnapshotError, match="another process"):
-            DataBase(shards=1, snapshot_path=path)
-        with DataBase(shards=1) as other:
+    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True) as child:
+        try:
+            assert child.stdout.readline().strip() == "open"
             with pytest.raises(SnapshotError, match="another process"):
-                other.save(path)  # a copy must not land on a path another DataBase logs beside
-    finally:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
+                DataBase(shards=1, snapshot_path=path)
+            with DataBase(shards=1) as other:
+                with pytest.raises(SnapshotError, match="another process"):
+                    other.save(path)  # a copy must not land on a path another DataBase logs beside
+        finally:
+            os.killpg(child.pid, signal.SIGKILL)
     with DataBase(shards=1, snapshot_path=path) as db:
         assert len(db) == 0
 
@@ -679,13 +678,13 @@ def test_an_opener_waits_for_the_workers_of_an_ended_program(tmp_path):
         sys.stdin.readline()
         """
     )
-    child = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "held"
-        with pytest.raises(SnapshotError, match="worker process of a program that ended"):
-            DataBase(shards=1, snapshot_path=path)
-    finally:
-        child.communicate("\n", timeout=10)
+    with subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout.readline().strip() == "held"
+            with pytest.raises(SnapshotError, match="worker process of a program that ended"):
+                DataBase(shards=1, snapshot_path=path)
+        finally:
+            child.communicate("\n", timeout=10)
     with DataBase(shards=1, snapshot_path=path) as db:
         assert len(db) == 0
 
