@@ -13,7 +13,7 @@ from .errors import (
     SnapshotError,
 )
 from .generate import generate_users, random_age, random_name
-from .persistence import FileManager
+from .filemanager import FileManager
 from .user import User
 
 __version__ = "0.1.0"

@@ -2,45 +2,47 @@
 
 Exit codes: 0 success; 1 ``verify`` found damage, or ``get``/``find`` found nothing for some
 item; 2 bad command line or argument; 3 bad config; 4 snapshot or its log missing, damaged,
-in use or unwritable; 5 a bad
-line in an imported file; 6 any other pydbms error (e.g. a shard worker died); 130 interrupted.
+in use or unwritable; 5 a bad line in an imported file; 6 any other pydbms error (e.g. a shard
+worker died); 130 interrupted. ``shell`` fed by a pipe exits with the code of its first failed
+command.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import msgspec
+
 from . import recovery, snapshot
+from .args import (  # re-exported: the exit codes and error type are part of this module's face
+    EXIT_CONFIG,
+    EXIT_FOUND_PROBLEM,
+    EXIT_IMPORT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_OTHER,
+    EXIT_SNAPSHOT,
+    EXIT_USAGE,
+    CommandError,
+    OneLineParser,
+    whole_number,
+)
 from .config import Config, load_config
 from .coordinator import DataBase
 from .errors import ConfigError, ImportFileError, LogError, PydbmsError, SnapshotError, ValidationError
 from .generate import generate_users
-from .readable import convert_file, read_user_lines
+from .readable import convert_file, read_user_lines, write_readable
 from .workers import log as wal
 
-EXIT_OK, EXIT_FOUND_PROBLEM, EXIT_USAGE, EXIT_CONFIG, EXIT_SNAPSHOT, EXIT_IMPORT, EXIT_OTHER = 0, 1, 2, 3, 4, 5, 6
-EXIT_INTERRUPTED = 130
 PROGRESS_THRESHOLD = 100_000
 _ADD_CHUNK = 100_000
-
-
-class CommandError(Exception):
-    """A problem to report in one line with an exit code."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise CommandError(f"{self.prog}: {message} (see --help)", EXIT_USAGE)
 
 
 # ---------------------------------------------------------------- progress
@@ -73,23 +75,35 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides)
 
 
-def whole_number(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number (``1_000_000`` allowed) of at least ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text.replace("_", ""))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 _positive = whole_number(0)
 _shard_count = whole_number(1)
+
+
+def _emit_json(facts: dict[str, Any]) -> None:
+    """``--json``: one object on stdout, so a script reads the facts instead of parsing prose."""
+    sys.stdout.write(json.dumps(facts) + "\n")
+
+
+def _items(values: list[str], what: str) -> list[str]:
+    """The items given, with ``-`` replaced by stdin's lines (one item a line, blank lines
+    skipped): lists too long for a command line come through a pipe."""
+    items: list[str] = []
+    for value in values:
+        if value != "-":
+            items.append(value)
+            continue
+        for line in sys.stdin:
+            line = line.rstrip("\r\n")
+            if line.strip():
+                items.append(line.strip() if what == "ID" else line)
+    return items
+
+
+def _version() -> str:
+    try:
+        return metadata.version("pydbms-shard")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _save_with_progress(db: DataBase, path: Path, users: int, progress: _Progress) -> None:
@@ -119,7 +133,10 @@ def cmd_generate(args: argparse.Namespace, progress: _Progress) -> int:
     with DataBase(_config(args)) as db:
         _add_with_progress(db, users, progress, "adding")
         _save_with_progress(db, path, len(users), progress)
-    print(f"{args.n:,} users saved to {path}")
+    if args.json:
+        _emit_json({"path": str(path), "users": args.n, "seed": args.seed})
+    else:
+        print(f"{args.n:,} users saved to {path}")
     return EXIT_OK
 
 
@@ -137,8 +154,14 @@ def cmd_info(args: argparse.Namespace, progress: _Progress) -> int:
         ("bytes", f"{total_bytes:,}"),
     ]
     segments = [(p, name) for p, name in wal.list_segments(snapshot.manifest_location(path)) if name.chain == m.log_chain]
+    log_bytes = sum(p.stat().st_size for p, _ in segments)
+    if args.json:
+        facts = {"snapshot": str(path), **msgspec.to_builtins(m), "bytes": total_bytes}
+        facts["files"] = sorted(facts["files"], key=lambda f: f["shard"])
+        facts["log"] = {"chain": m.log_chain, "segments": len(segments), "bytes": log_bytes, "seq": m.log_seq} if m.log_chain else None
+        _emit_json(facts)
+        return EXIT_OK
     if m.log_chain:
-        log_bytes = sum(p.stat().st_size for p, _ in segments)
         rows.append(("log", f"chain {m.log_chain}: {len(segments)} segment(s), {log_bytes:,} bytes; the snapshot holds calls up to {m.log_seq:,}"))
     for key, value in rows:
         print(f"{key:<12}{value}")
@@ -151,8 +174,10 @@ def cmd_info(args: argparse.Namespace, progress: _Progress) -> int:
 
 def cmd_verify(args: argparse.Namespace, progress: _Progress) -> int:
     path = snapshot.manifest_location(args.path)
+    facts: dict[str, Any] = {"path": str(path), "sound": False, "users": None, "shards": None, "log_records": None, "error": None}
     try:
         m = snapshot.read_manifest(path)
+        facts.update(users=m.users, shards=m.shards)
         with progress.bar(m.users, "verifying") as advance:
             for file_path, entry in snapshot.manifest_files(path, m):
                 for block in snapshot.iter_shard_file(file_path, entry):
@@ -162,8 +187,13 @@ def cmd_verify(args: argparse.Namespace, progress: _Progress) -> int:
             if name.chain == m.log_chain:
                 records += len(wal.scan_segment(segment).records)  # damage raises; a torn tail is fine
     except (SnapshotError, LogError) as exc:
+        if args.json:
+            _emit_json({**facts, "error": " ".join(str(exc).split())})
         print(f"pydbms verify: DAMAGED: {exc}", file=sys.stderr)
         return EXIT_FOUND_PROBLEM
+    if args.json:
+        _emit_json({**facts, "sound": True, "log_records": records})
+        return EXIT_OK
     logged = f", {records:,} log records checked" if m.log_chain else ""
     print(f"{path}: sound ({m.users:,} users in {m.shards} files, every checksum and count verified{logged})")
     return EXIT_OK
@@ -172,8 +202,19 @@ def cmd_verify(args: argparse.Namespace, progress: _Progress) -> int:
 def cmd_convert(args: argparse.Namespace, progress: _Progress) -> int:
     users = snapshot.read_manifest(Path(args.src)).users
     with progress.bar(users, "converting") as advance:
-        written = convert_file(args.src, args.dst, format=args.format, progress=advance)
-    print(f"{written:,} users written to {args.dst} ({args.format})")
+        if args.dst == "-":
+            try:
+                written = write_readable(args.src, sys.stdout.buffer, format=args.format, progress=advance)
+            except BrokenPipeError:  # `| head` stopped reading: what it wanted, it has
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error as Python exits
+                return EXIT_OK
+        else:
+            written = convert_file(args.src, args.dst, format=args.format, progress=advance)
+    summary = f"{written:,} users written to {'stdout' if args.dst == '-' else args.dst} ({args.format})"
+    if args.dst != "-" and Path(args.dst).is_file():
+        print(summary)
+    elif not args.quiet and sys.stderr.isatty():  # the lines went to stdout, a pipe or a device: keep them clean
+        print(summary, file=sys.stderr)
     return EXIT_OK
 
 
@@ -200,14 +241,18 @@ def cmd_import(args: argparse.Namespace, progress: _Progress) -> int:
         added = _add_with_progress(db, users, progress, "adding")
         total = len(db)
         _save_with_progress(db, path, total, progress)
-    print(f"{added:,} users imported from {src} ({len(users) - added:,} already present); {total:,} in {path}")
+    if args.json:
+        _emit_json({"path": str(path), "src": str(src), "imported": added, "already_present": len(users) - added, "users": total})
+    else:
+        print(f"{added:,} users imported from {src} ({len(users) - added:,} already present); {total:,} in {path}")
     return EXIT_OK
 
 
 def cmd_get(args: argparse.Namespace, progress: _Progress) -> int:
+    ids: list[Any] = _items(args.ids, "ID")
     with _open(args, Path(args.path), reader=True) as db:
-        found = db.get_many(args.ids)
-    missing = [i for i, user in zip(args.ids, found) if user is None]
+        found = db.get_many(ids)
+    missing = [i for i, user in zip(ids, found) if user is None]
     for user in found:
         if user is not None:
             sys.stdout.write(user.to_json().decode() + "\n")
@@ -219,7 +264,7 @@ def cmd_get(args: argparse.Namespace, progress: _Progress) -> int:
 def cmd_find(args: argparse.Namespace, progress: _Progress) -> int:
     with _open(args, Path(args.path), reader=True) as db:
         missing = []
-        for name in args.names:
+        for name in _items(args.names, "NAME"):
             users = db.find_by_name(name)
             for user in users:
                 sys.stdout.write(user.to_json().decode() + "\n")
@@ -245,6 +290,14 @@ def cmd_repair(args: argparse.Namespace, progress: _Progress) -> int:
     return EXIT_OK
 
 
+def cmd_shell(args: argparse.Namespace, progress: _Progress) -> int:
+    from .shell import run_shell
+
+    overrides: dict[str, Any] = {"snapshot_path": args.path} if args.path else {}
+    with DataBase(_config(args), **overrides) as db:
+        return run_shell(db, sys.stdin, sys.stdout, sys.stderr)
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -256,49 +309,52 @@ def build_parser() -> argparse.ArgumentParser:
         "line or argument; 3 bad config; 4 snapshot missing/damaged/unwritable; 5 bad line in an imported file; "
         "6 other error; 130 interrupted.",
     )
+    parser.add_argument("--version", action="version", version=f"pydbms {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
 
-    def command(name: str, help: str, engine: bool = False) -> argparse.ArgumentParser:
+    def command(name: str, help: str, engine: bool = False, json: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        if json:
+            p.add_argument("--json", action="store_true", help="print one JSON object with the facts instead of prose")
         if engine:
             p.add_argument("--config", metavar="FILE", help="YAML settings (see config/default.yaml)")
             p.add_argument("--shards", type=_shard_count, metavar="N", help="number of shard processes")
         return p
 
-    p = command("generate", "N random users saved as a snapshot at PATH (the manifest)", engine=True)
+    p = command("generate", "N random users saved as a snapshot at PATH (the manifest)", engine=True, json=True)
     p.add_argument("n", type=_positive, metavar="N", help="how many users")
     p.add_argument("path", metavar="PATH", help="manifest path, e.g. users_db.json")
     p.add_argument("--seed", type=int, help="random seed: the same seed gives the same users")
     p.set_defaults(run=cmd_generate)
 
-    p = command("info", "the manifest as a readable table")
+    p = command("info", "the manifest as a readable table", json=True)
     p.add_argument("path", metavar="PATH")
     p.set_defaults(run=cmd_info)
 
-    p = command("verify", "read every file, check every checksum and count (exit 1 when damaged)")
+    p = command("verify", "read every file, check every checksum and count (exit 1 when damaged)", json=True)
     p.add_argument("path", metavar="PATH")
     p.set_defaults(run=cmd_verify)
 
     p = command("convert", "write a snapshot as readable JSON lines or the original's text lines")
     p.add_argument("src", metavar="SRC", help="snapshot manifest")
-    p.add_argument("dst", metavar="DST", help="readable file to write")
+    p.add_argument("dst", metavar="DST", help="readable file to write; - for stdout")
     p.add_argument("--format", choices=["jsonl", "text"], default="jsonl")
     p.set_defaults(run=cmd_convert)
 
-    p = command("import", "JSON lines or an original pyDBMS save file into the snapshot at PATH (added to it if it exists)", engine=True)
+    p = command("import", "JSON lines or an original pyDBMS save file into the snapshot at PATH (added to it if it exists)", engine=True, json=True)
     p.add_argument("src", metavar="SRC")
     p.add_argument("path", metavar="PATH")
     p.set_defaults(run=cmd_import)
 
     p = command("get", "open PATH (snapshot and log) and print the users with these IDs as JSON lines", engine=True)
     p.add_argument("path", metavar="PATH")
-    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("ids", nargs="+", metavar="ID", help="a user ID; - reads one ID a line from stdin")
     p.set_defaults(run=cmd_get)
 
     p = command("find", "open PATH (snapshot and log) and print the users with these names as JSON lines", engine=True)
     p.add_argument("path", metavar="PATH")
-    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("names", nargs="+", metavar="NAME", help="a name; - reads one name a line from stdin")
     p.set_defaults(run=cmd_find)
 
     p = command(
@@ -307,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", metavar="PATH")
     p.set_defaults(run=cmd_repair)
+
+    p = command("shell", "an interactive shell on the snapshot at PATH (recovered, and logged as it changes) or, without PATH, on an in-memory database; fed by a pipe, it runs the commands and exits with the code of the first that failed", engine=True)
+    p.add_argument("path", nargs="?", metavar="PATH")
+    p.set_defaults(run=cmd_shell)
 
     p = sub.add_parser("bench", help="the reference-workload benchmark (same as scripts/bench; see `pydbms bench --help`)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

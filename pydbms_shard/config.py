@@ -13,6 +13,34 @@ import yaml
 from .errors import ConfigError
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` keeps the last of two equal keys without a word; a config file with
+    ``shards`` twice is a mistake, so say so."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *defaults`` may be overridden by the keys beside it
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if duplicate:
+                raise _DuplicateKey(key, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, mark: yaml.Mark) -> None:
+        super().__init__(f"duplicate key {key!r} (line {mark.line + 1})")
+        self.key = key
+
 
 MAX_AUTOSAVE_INTERVAL = 31_536_000  # a year: longer waits overflow the platform's timers
 MAX_CALL_TIMEOUT = 86_400.0
@@ -67,6 +95,11 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
             config = msgspec.convert(data, cls, strict=True)
         except msgspec.ValidationError as exc:
             raise ConfigError(f"{source}: {_explain(exc)}") from None
+        if config.file_mode_bits & 0o022:
+            raise ConfigError(
+                f"{source}: key 'file_mode': {config.file_mode!r} lets group or others write the snapshot "
+                "files; only the owner may write them (read bits for group and others are fine, e.g. '0644')"
+            )
         if (config.save_on_close or config.autosave_interval) and not config.snapshot_path:
             raise ConfigError(f"{source}: key 'snapshot_path': save_on_close and autosave_interval need a snapshot_path")
         return config
@@ -80,7 +113,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_UniqueKeyLoader)
+        except _DuplicateKey as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         return cls.from_mapping(data, source=str(path))

@@ -4,6 +4,7 @@ message per shard, and merges the replies. Per-item work happens in the workers 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -14,11 +15,11 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import msgspec
 import numpy as np
@@ -51,6 +52,7 @@ from .errors import (
     ShardError,
     SnapshotError,
 )
+from .protocol import request, write_message, write_request
 from .routing import HASH_SCHEME, shard_of, shards_of, split_positions
 from .shards import Liveness, ShardFailure, ShardHandle, exchange, wait_for_events
 from .user import User, check_id
@@ -171,15 +173,19 @@ class _CtrlCDeferred:
 
 _ctrl_c = _CtrlCDeferred()
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
-def _locked(method):
-    """Run the method as one call (see ``DataBase._call``)."""
 
-    def wrapper(self: DataBase, *args: Any, **kwargs: Any) -> Any:
+def _locked(method: Callable[Concatenate[DataBase, _P], _R]) -> Callable[Concatenate[DataBase, _P], _R]:
+    """Run the method as one call (see ``DataBase._call``). ``functools.wraps`` keeps its
+    name, docstring and signature for ``help()``, ``inspect`` and type checkers."""
+
+    @functools.wraps(method)
+    def wrapper(self: DataBase, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with self._call():
             return method(self, *args, **kwargs)
 
-    wrapper.__name__, wrapper.__doc__, wrapper.__qualname__ = method.__name__, method.__doc__, method.__qualname__
     return wrapper
 
 
@@ -228,7 +234,7 @@ class DataBase:
         try:
             for index in range(self.config.shard_count):
                 self._shards.append(ShardHandle(index, self.config.shard_count, self.config.start_method))
-            exchange(self._shards, [encode(["ping"])] * len(self._shards), timeout=self._timeout)
+            exchange(self._shards, [request("ping")] * len(self._shards), timeout=self._timeout)
             if self._path is not None:
                 self._open_path(self._path)
         except BaseException:
@@ -275,6 +281,17 @@ class DataBase:
                 self._closed = True
                 self._finalizer()
 
+    def __repr__(self) -> str:
+        """What it is, without a call: a stuck worker must not hang a debugger or a log line.
+        So no user count (that would ask every shard)."""
+        parts = [f"shards={self.config.shard_count}", "closed" if self._closed else "open"]
+        if self._path is not None:
+            parts.append(f"path={str(self._path)!r}")
+            parts.append(f"log={self.config.log_fsync if self._logging else 'off'}")
+        if self._read_only is not None and not self._closed:
+            parts.append("read-only")
+        return f"<DataBase {' '.join(parts)}>"
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -300,8 +317,8 @@ class DataBase:
                 self._release_closed_scans()
             yield
 
-    def _all(self, *message: Any) -> list[Any]:
-        return self._ask([encode(message)] * len(self._shards))
+    def _all(self, command: str, *args: Any) -> list[Any]:
+        return self._ask([request(command, *args)] * len(self._shards))
 
     def _ask(self, messages: list[bytes | None]) -> list[Any]:
         """A read: send, collect, and when a worker died on the way, rebuild it and ask once
@@ -383,11 +400,11 @@ class DataBase:
             raise ReadOnlyError(f"this DataBase refuses writes since {self._read_only}; fix the cause, then save() to make it writable again")
         seq, nonce = self._seq + 1, secrets.randbits(32)
         touched = [s for s, m in enumerate(messages) if m is not None]
-        envelopes = [None if m is None else encode(["write", seq, nonce, touched, Raw(m)]) for m in messages]
+        envelopes = [None if m is None else write_request(seq, nonce, touched, m) for m in messages]
         replies = exchange(self._shards, envelopes, return_exceptions=True, timeout=self._timeout)
         failed = {s: r for s, r in enumerate(replies) if isinstance(r, Exception)}
         if failed:
-            undo = [encode(["undo", seq]) if s in touched and s not in failed else None for s in range(len(messages))]
+            undo = [request("undo", seq) if s in touched and s not in failed else None for s in range(len(messages))]
             for s, reply in enumerate(exchange(self._shards, undo, return_exceptions=True, timeout=self._timeout)):
                 if isinstance(reply, Exception):
                     self._note_failure(s, reply)
@@ -463,10 +480,10 @@ class DataBase:
         n = len(self._shards)
         if len(users) == 1:  # one user (add(), upsert of one): no batch machinery
             messages: list[bytes | None] = [None] * n
-            messages[shard_of(users[0].ID.bytes, n) if n > 1 else 0] = encode([op, Raw(encode(users))])
+            messages[shard_of(users[0].ID.bytes, n) if n > 1 else 0] = write_message(op, Raw(encode(users)))
             return messages
         batch = _Batch(list(map(_ID, users)), None, [], None, len(self._shards))
-        return [encode([op, Raw(encode(_subset(users, pos)))]) if len(pos) else None for pos in batch.per_shard]
+        return [write_message(op, Raw(encode(_subset(users, pos)))) if len(pos) else None for pos in batch.per_shard]
 
     @_locked
     def add_users(self, users: list[User]) -> int:
@@ -516,13 +533,13 @@ class DataBase:
             self._dirty += len(ids)
             self._cache.discard(ids)
 
-        self._write([encode(["remove", batch.ids_for(s), batch.encoded_names]) for s in range(len(self._shards))], count)
+        self._write([write_message("remove", batch.ids_for(s), batch.encoded_names) for s in range(len(self._shards))], count)
         return removed
 
     @_locked
     def clear_database(self) -> None:
         """Remove every user."""
-        self._write([encode(["clear"])] * len(self._shards), lambda reply: None)
+        self._write([write_message("clear")] * len(self._shards), lambda reply: None)
         self._cache.clear()
         self._dirty += 1
 
@@ -544,7 +561,7 @@ class DataBase:
         batch = self._query_batch(queries, "search_users")
         if not batch.ids and not batch.names:
             return []
-        replies = self._ask([encode(["find", batch.ids_for(s), batch.encoded_names]) for s in range(len(self._shards))])
+        replies = self._ask([request("find", batch.ids_for(s), batch.encoded_names) for s in range(len(self._shards))])
         positions, found = [], []
         with gc_paused():
             for shard, reply in enumerate(replies):
@@ -565,7 +582,7 @@ class DataBase:
         batch = self._query_batch(items, "has_user")
         if not batch.ids and not batch.names:
             return True
-        replies = self._ask([encode(["has", batch.ids_for(s), batch.encoded_names]) for s in range(len(self._shards))])
+        replies = self._ask([request("has", batch.ids_for(s), batch.encoded_names) for s in range(len(self._shards))])
         names_seen = np.zeros(len(batch.names), dtype=bool)
         for reply in replies:
             all_ids, names = decode_any(reply)
@@ -580,7 +597,7 @@ class DataBase:
         batch = self._query_batch(ids, "contains_many", names_allowed=False)
         if not batch.ids:
             return []
-        messages = [encode(["contains", batch.ids_for(s)]) if len(batch.per_shard[s]) else None for s in range(len(self._shards))]
+        messages = [request("contains", batch.ids_for(s)) if len(batch.per_shard[s]) else None for s in range(len(self._shards))]
         out = np.zeros(len(batch.ids), dtype=bool)
         for shard, reply in enumerate(self._ask(messages)):
             if reply is not None:
@@ -593,7 +610,7 @@ class DataBase:
         batch = self._query_batch(ids, "get_many", names_allowed=False)
         if not batch.ids:
             return []
-        messages = [encode(["get", batch.ids_for(s)]) if len(batch.per_shard[s]) else None for s in range(len(self._shards))]
+        messages = [request("get", batch.ids_for(s)) if len(batch.per_shard[s]) else None for s in range(len(self._shards))]
         out: list[User | None] = [None] * len(batch.ids)
         with gc_paused():
             for shard, reply in enumerate(self._ask(messages)):
@@ -614,7 +631,7 @@ class DataBase:
     @_locked
     def _get_from_shard(self, raw: bytes) -> User | None:
         shard = shard_of(raw, len(self._shards)) if len(self._shards) > 1 else 0
-        message = encode(["get", Raw(array_header(1) + b"\xc4\x10" + raw)])
+        message = request("get", Raw(array_header(1) + b"\xc4\x10" + raw))
         messages: list[bytes | None] = [None] * len(self._shards)
         messages[shard] = message
         user = decode_optional_users(self._ask(messages)[shard])[0]
@@ -623,7 +640,13 @@ class DataBase:
         return user
 
     def __contains__(self, id: object) -> bool:
-        return self.get(id) is not None  # type: ignore[arg-type]
+        """``x in db``: False for anything that cannot be a stored ID (None, a name, an int),
+        like ``in`` on a dict or set; ``get()`` still raises on those."""
+        try:
+            raw = self._one_id(id, "in")
+        except (PydbmsTypeError, PydbmsValueError):
+            return False
+        return self.get(raw) is not None
 
     def find_by_name(self, name: str) -> list[User]:
         """Every stored user with exactly this name."""
@@ -650,7 +673,7 @@ class DataBase:
             for shard, count in enumerate(counts):
                 for _ in range(0, count, chunk):
                     messages: list[bytes | None] = [None] * len(self._shards)
-                    messages[shard] = encode(["scan_next", token, chunk])
+                    messages[shard] = request("scan_next", token, chunk)
                     with self._call():
                         reply = exchange(self._shards, messages, timeout=self._timeout)[shard]
                     with gc_paused():
@@ -666,14 +689,14 @@ class DataBase:
         while self._scans_to_close:
             token = self._scans_to_close.pop()
             try:
-                exchange(self._shards, [encode(["scan_close", token])] * len(self._shards), timeout=self._timeout)
+                exchange(self._shards, [request("scan_close", token)] * len(self._shards), timeout=self._timeout)
             except (ShardError, ShardFailure):
                 pass
 
     @_locked
     def stats(self) -> dict[str, Any]:
         """Users in all, per shard (users, pid, memory), the read cache and autosave."""
-        replies = exchange(self._shards, [encode(["stats"])] * len(self._shards), return_exceptions=True, timeout=self._timeout)
+        replies = exchange(self._shards, [request("stats")] * len(self._shards), return_exceptions=True, timeout=self._timeout)
         shards = [
             {"shard": s, "users": 0, "failed": str(r)} if isinstance(r, Exception) else decode_any(r) for s, r in enumerate(replies)
         ]
@@ -751,7 +774,7 @@ class DataBase:
                 spec = self._log_spec(chain, seq + 1) if rotate else None
                 begun = exchange(
                     self._shards,
-                    [encode(["snap_begin", str(names[s]), level, mode, spec, staged]) for s in range(n)],
+                    [request("snap_begin", str(names[s]), level, mode, spec, staged) for s in range(n)],
                     return_exceptions=True,
                     timeout=self._timeout,
                 )
@@ -857,14 +880,14 @@ class DataBase:
             files = snapshot.manifest_files(path, manifest)
             spec = [[str(p), msgspec.structs.asdict(e)] for p, e in files]
             reroute = manifest.shards != n or manifest.hash != HASH_SCHEME
-        messages = [encode(["load_stage", spec if reroute else spec[s : s + 1], reroute]) for s in range(n)]
+        messages = [request("load_stage", spec if reroute else spec[s : s + 1], reroute) for s in range(n)]
         try:
             exchange(self._shards, messages)  # long: no call_timeout, but a dead worker is noticed
             if plan is not None and plan.extents:
-                exchange(self._shards, [encode(["replay", *plan.replay_message(s, n)]) for s in range(n)])
+                exchange(self._shards, [request("replay", *plan.replay_message(s, n)) for s in range(n)])
         except (ShardError, ShardFailure) as exc:
             try:
-                exchange(self._shards, [encode(["load_abort"])] * n, timeout=self._timeout)
+                exchange(self._shards, [request("load_abort")] * n, timeout=self._timeout)
             except (ShardError, ShardFailure):
                 pass
             detail = exc.message if isinstance(exc, ShardFailure) else str(exc)
@@ -886,7 +909,7 @@ class DataBase:
                 manifest = self._committed(chain)
                 if manifest is None:
                     try:
-                        exchange(self._shards, [encode(["load_abort"])] * n, timeout=self._timeout)
+                        exchange(self._shards, [request("load_abort")] * n, timeout=self._timeout)
                     except ShardError:
                         pass
                     raise
@@ -895,7 +918,7 @@ class DataBase:
             spec = self._log_spec(chain, self._seq + 1)
             self._chain = chain
         before_swap()
-        results = exchange(self._shards, [encode(["load_commit", spec])] * n, return_exceptions=True, timeout=self._timeout)
+        results = exchange(self._shards, [request("load_commit", spec)] * n, return_exceptions=True, timeout=self._timeout)
         self._commit_results(results)
         if self._logging:
             assert self._path is not None
@@ -952,7 +975,7 @@ class DataBase:
                 recovery.drop_tails(plan)
                 self._chain = chain
                 specs = [self._append_spec(plan, s) for s in range(n)]
-                self._commit_results(exchange(self._shards, [encode(["load_commit", specs[s]]) for s in range(n)], return_exceptions=True, timeout=self._timeout))
+                self._commit_results(exchange(self._shards, [request("load_commit", specs[s]) for s in range(n)], return_exceptions=True, timeout=self._timeout))
                 self._set_checkpoint_threshold(manifest)
                 self._log_bytes = plan.replayed_bytes  # the log already holds these
             self._dirty = 0
@@ -1021,7 +1044,7 @@ class DataBase:
             messages[index] = message
             return exchange(self._shards, messages, timeout=timeout)[index]
 
-        ask(encode(["ping"]), self._timeout)
+        ask(request("ping"), self._timeout)
         manifest = snapshot.read_manifest(self._path)
         if manifest.log_chain != self._chain or manifest.shards != n:
             raise SnapshotError(f"{self._path}: the committed snapshot is not this DataBase's checkpoint")
@@ -1030,11 +1053,11 @@ class DataBase:
             raise SnapshotError(f"the log holds calls up to {plan.last} only, not every acknowledged call (up to {self._seq})")
         files = snapshot.manifest_files(self._path, manifest)
         path, entry = files[index]
-        ask(encode(["load_stage", [[str(path), msgspec.structs.asdict(entry)]], False]))
+        ask(request("load_stage", [[str(path), msgspec.structs.asdict(entry)]], False))
         if plan.extents.get(index):
-            ask(encode(["replay", *plan.replay_message(index, n)]))
+            ask(request("replay", *plan.replay_message(index, n)))
         recovery.drop_torn_creations(plan)  # a segment whose creation the death cut short
-        ask(encode(["load_commit", self._append_spec(plan, index)]), self._timeout)
+        ask(request("load_commit", self._append_spec(plan, index)), self._timeout)
 
     def _autosave_target(self) -> Path | None:
         if self._autosaver is not None:

@@ -7,9 +7,13 @@ checks every line before it returns anything: the caller adds all of them or non
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, BinaryIO, Literal
 
 import msgspec
 
@@ -41,7 +45,13 @@ def convert_file(
     mode: int = 0o600,
 ) -> int:
     """Write the snapshot at ``src`` as readable lines to ``dst`` (created with ``mode``: it
-    holds the same personal data); returns the user count."""
+    holds the same personal data); returns the user count.
+
+    A regular file is replaced atomically (a temporary file renamed over it), so a reader never
+    sees half a copy. Nothing but a regular file is ever renamed over: a symlink is followed and
+    its target replaced (the link stays), and a device or FIFO (``/dev/stdout``, a pipe) is
+    written through directly. A directory is an error.
+    """
     if format not in ("jsonl", "text"):
         raise PydbmsValueError(f"format must be 'jsonl' or 'text', got {format!r}")
     src, dst = snapshot.manifest_location(src), Path(dst)
@@ -49,21 +59,30 @@ def convert_file(
     files = snapshot.manifest_files(src, manifest)
     if dst.resolve() in {src.resolve(), *(p.resolve() for p, _ in files)}:
         raise SnapshotError(f"{dst}: the readable copy must not overwrite the snapshot it reads")
-    if not dst.parent.is_dir():
-        raise SnapshotError(f"{dst}: the directory {dst.parent} does not exist")
-    tmp = dst.with_name(f".{dst.name}.{snapshot.new_token()}.tmp")
-    written = 0
+    try:
+        st = os.stat(dst)  # through any symlink: what a write would reach
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise SnapshotError(f"{dst}: cannot write ({snapshot.describe_os_error(exc)})") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise SnapshotError(f"{dst}: is a directory; name a file to write")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        try:  # a device, FIFO or the like: no temporary file can stand in for it
+            with open(dst, "wb") as out:  # the path itself: /dev/stdout's link is only good opened
+                return write_readable(src, out, format, progress, manifest)
+        except OSError as exc:
+            raise SnapshotError(f"{dst}: cannot write ({snapshot.describe_os_error(exc)})") from None
+    target = Path(os.path.realpath(dst)) if dst.is_symlink() else dst  # replace what the link points to
+    if not target.parent.is_dir():
+        raise SnapshotError(f"{dst}: the directory {target.parent} does not exist")
+    tmp = target.with_name(f".{target.name}.{snapshot.new_token()}.tmp")
     try:
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as out:
-            for file_path, entry in files:
-                for users in snapshot.iter_shard_file(file_path, entry, decode=decode_users):
-                    out.write(_render(users, format))
-                    written += len(users)
-                    if progress:
-                        progress(len(users))
+            written = write_readable(src, out, format, progress, manifest)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, dst)
+        os.replace(tmp, target)
     except OSError as exc:
         raise SnapshotError(f"{dst}: cannot write ({snapshot.describe_os_error(exc)})") from None
     finally:
@@ -72,11 +91,52 @@ def convert_file(
     return written
 
 
+def write_readable(
+    src: str | os.PathLike[str],
+    out: BinaryIO,
+    format: Literal["jsonl", "text"] = "jsonl",
+    progress: Progress | None = None,
+    manifest: snapshot.Manifest | None = None,
+) -> int:
+    """Stream the snapshot at ``src`` as readable lines into an open binary file (stdout, a
+    pipe); returns the user count. The caller owns ``out``: it is neither synced nor closed."""
+    if format not in ("jsonl", "text"):
+        raise PydbmsValueError(f"format must be 'jsonl' or 'text', got {format!r}")
+    src = snapshot.manifest_location(src)
+    if manifest is None:
+        manifest = snapshot.read_manifest(src)
+    written = 0
+    for file_path, entry in snapshot.manifest_files(src, manifest):
+        for users in snapshot.iter_shard_file(file_path, entry, decode=decode_users):
+            out.write(_render(users, format))
+            written += len(users)
+            if progress:
+                progress(len(users))
+    out.flush()
+    return written
+
+
+# A name holding one of these is written as a JSON string literal in text lines: a quote could
+# end the quoted name early and a line break (or other control character) could start a forged
+# line. A backslash is here too, so a plain quoted name never holds one and a reader can tell
+# the two forms apart.
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+_JSON_LEFT_RAW = re.compile(r"[\x7f-\x9f\u2028\u2029]")  # json.dumps(ensure_ascii=False) keeps these
+
+
+def _quote(name: str) -> str:
+    """``"name"``, or the name as a JSON string literal when it holds a quote, a backslash or a
+    control or line-separator character."""
+    if not _NEEDS_ESCAPE.search(name):
+        return f'"{name}"'
+    return _JSON_LEFT_RAW.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(name, ensure_ascii=False))
+
+
 def _render(users: list[User], format: str) -> bytes:
     if format == "jsonl":
         encode = msgspec.json.encode
         return b"".join([encode(u.to_dict()) + b"\n" for u in users])
-    return "".join([f'User "{u.name}" is {u.age} years old (ID: {u.ID})\n' for u in users]).encode()
+    return "".join([f"User {_quote(u.name)} is {u.age} years old (ID: {u.ID})\n" for u in users]).encode()
 
 
 def read_user_lines(src: str | os.PathLike[str], progress: Progress | None = None) -> list[User]:

@@ -18,8 +18,9 @@ import multiprocess
 import multiprocess.connection
 import multiprocess.spawn
 
-from .codec import decode_any, decode_parts, encode
+from .codec import decode_any, decode_parts
 from .errors import ShardError
+from .protocol import request
 
 _LIVENESS_POLL_SECONDS = 0.25
 _JOIN_SECONDS = 5.0
@@ -193,7 +194,7 @@ class ShardHandle:
             try:
                 while self.unanswered:
                     self.recv(deadline)
-                self.conn.send_bytes(encode(["exit"]))
+                self.conn.send_bytes(request("exit"))
                 self.conn.poll(max(0.0, deadline - time.monotonic())) and self.conn.recv_bytes()
             except (OSError, EOFError, ValueError, ShardError):
                 pass

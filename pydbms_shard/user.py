@@ -7,11 +7,12 @@ when msgspec decodes records our own workers sent back (they were validated on t
 
 from __future__ import annotations
 
+import inspect
 import math
 import uuid
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -20,6 +21,7 @@ from .errors import PydbmsTypeError, PydbmsValueError
 MAX_NAME_LENGTH = 1000
 MIN_AGE, MAX_AGE = 0, 150
 MAX_EXTRAS_DEPTH = 64
+MAX_EXTRAS_BYTES = 64 * 1024  # one user's extras, msgpack-encoded: every call and log record carries them whole
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -119,6 +121,10 @@ def check_extras(extras: Any) -> dict[str, Any] | None:
     if not isinstance(extras, Mapping):
         raise PydbmsTypeError(f"User.extras must be a mapping or None, got {type(extras).__name__}: {_short(extras)}")
     copied = _copy_json(extras, "User.extras", 0)
+    if copied and len(encoded := msgspec.msgpack.encode(copied)) > MAX_EXTRAS_BYTES:
+        raise PydbmsValueError(
+            f"User.extras must encode to at most {MAX_EXTRAS_BYTES} bytes (64 KiB) of msgpack, got {len(encoded)}"
+        )
     return copied or None
 
 
@@ -141,20 +147,40 @@ def _thaw(value: Any) -> Any:
 class _UserMeta(msgspec.StructMeta):
     """Validates on construction by people; msgspec's decoder bypasses it."""
 
-    def __call__(cls, name: str, age: int, ID: uuid.UUID | str | None = None, extras: Mapping[str, Any] | None = None):
+    def __call__(
+        cls, name: str, age: int, ID: uuid.UUID | str | bytes | None = None, extras: Mapping[str, Any] | None = None
+    ) -> User:
         name = check_name(name)
         age = check_age(age)
         ID = uuid.uuid4() if ID is None else check_id(ID)
         return super().__call__(name, age, ID, check_extras(extras))
 
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        """What people call (``extras``), not msgspec's field list (``_extras``): for ``help()``."""
+        params = list(inspect.signature(_UserMeta.__call__, eval_str=True).parameters.values())[1:]
+        return inspect.Signature(params)
+
 
 class User(msgspec.Struct, metaclass=_UserMeta, frozen=True, gc=False, array_like=True, eq=False):
-    """An immutable user. Equal and hashed by ``ID`` alone, like the original."""
+    """An immutable user. Equal and hashed by ``ID`` alone, like the original.
+
+    ``User(name, age, ID=None, extras=None)``: ``name`` a non-empty str of at most 1,000
+    characters; ``age`` an int from 0 to 150; ``ID`` a UUID, its string form or 16 bytes (a new
+    uuid4 when omitted); ``extras`` a mapping of str keys to JSON values, nested at most 64
+    levels and at most 64 KiB (``MAX_EXTRAS_BYTES``) once encoded as msgpack.
+    """
 
     name: str
     age: int
     ID: uuid.UUID
-    _extras: dict[str, Any] | None = None
+    _extras: dict[str, Any] | None = None  # stored as given to msgspec; people see ``extras``
+
+    if TYPE_CHECKING:  # what type checkers should offer: the metaclass validates, then builds
+
+        def __init__(
+            self, name: str, age: int, ID: uuid.UUID | str | bytes | None = None, extras: Mapping[str, Any] | None = None
+        ) -> None: ...
 
     @property
     def extras(self) -> Mapping[str, Any]:

@@ -156,7 +156,7 @@ def test_bad_config_names_key_and_file(tmp_path: Path) -> None:
 
 
 def test_every_subcommand_has_help(tmp_path: Path) -> None:
-    for command in ["generate", "info", "verify", "convert", "import", "get", "find"]:
+    for command in ["generate", "info", "verify", "convert", "import", "get", "find", "shell"]:
         result = run(command, "--help", cwd=tmp_path)
         assert result.returncode == EXIT_OK and "usage: pydbms " + command in result.stdout
     assert "Exit codes" in run("--help", cwd=tmp_path).stdout
@@ -205,3 +205,154 @@ def test_bench_subcommand_runs_the_benchmark(tmp_path: Path) -> None:
     assert result.returncode == EXIT_OK, result.stderr
     assert "reference (a)" in result.stdout and "Check Users by ID" in result.stdout
     assert list(tmp_path.glob("bench-*.json"))
+
+
+# ---------------------------------------------------------------- version, --json, stdin, convert targets
+
+
+def test_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    result = run("--version", cwd=tmp_path)
+    assert result.returncode == EXIT_OK
+    assert result.stdout.strip() == f"pydbms {version('pydbms-shard')}"
+
+
+def test_bench_does_not_import_the_cli() -> None:
+    code = "import sys, pydbms_shard.bench.run; print('pydbms_shard.cli' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_json_generate_info_verify(tmp_path: Path) -> None:
+    result = run("generate", "50", "db.json", "--seed", "3", "--shards", "2", "--json", cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert json.loads(result.stdout) == {"path": "db.json", "users": 50, "seed": 3}
+
+    result = run("info", "db.json", "--json", cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    info = json.loads(result.stdout)
+    manifest = json.loads((tmp_path / "db.json").read_text())
+    for key in ("format", "version", "generation", "created", "shards", "hash", "users"):
+        assert info[key] == manifest[key]
+    assert info["snapshot"] == "db.json" and info["users"] == 50 and len(info["files"]) == 2
+    assert info["bytes"] == sum(f["bytes"] for f in manifest["files"])
+    assert {f["crc32"] for f in info["files"]} == {f["crc32"] for f in manifest["files"]}
+    assert info["log"] is None or info["log"]["segments"] == 0  # generate logs no calls
+
+    result = run("verify", "db.json", "--json", cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    facts = json.loads(result.stdout)
+    assert Path(facts.pop("path")).resolve() == (tmp_path / "db.json").resolve()
+    assert facts == {"sound": True, "users": 50, "shards": 2, "log_records": 0, "error": None}
+
+    victim = tmp_path / manifest["files"][0]["name"]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    result = run("verify", "db.json", "--json", cwd=tmp_path)
+    assert result.returncode == EXIT_FOUND_PROBLEM
+    facts = json.loads(result.stdout)
+    assert facts["sound"] is False and facts["users"] == 50 and victim.name in facts["error"]
+
+
+def test_json_info_shows_the_log(tmp_path: Path) -> None:
+    with DataBase(shards=1, snapshot_path=str(tmp_path / "db.json")) as db:
+        db.save()
+        db.add_users([User("Ada", 36), User("Bob", 40)])  # logged after the snapshot
+    result = run("info", "db.json", "--json", cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    log = json.loads(result.stdout)["log"]
+    assert log is not None and log["chain"] and log["segments"] >= 1 and log["bytes"] > 0
+    result = run("verify", "db.json", "--json", cwd=tmp_path)
+    assert result.returncode == EXIT_OK and json.loads(result.stdout)["log_records"] >= 1
+
+
+def test_json_import(tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_text('{"name": "A", "age": 3}\n{"name": "B", "age": 4}\n')
+    result = run("import", "in.jsonl", "snap.json", "--shards", "1", "--json", cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert json.loads(result.stdout) == {"path": "snap.json", "src": "in.jsonl", "imported": 2, "already_present": 0, "users": 2}
+
+
+def test_json_missing_snapshot_is_still_a_one_line_error(tmp_path: Path) -> None:
+    result = run("info", "missing.json", "--json", cwd=tmp_path)
+    assert result.returncode == EXIT_SNAPSHOT and result.stdout == ""
+    assert "missing.json" in one_line_error(result)
+
+
+def test_get_and_find_read_stdin(snap: Path) -> None:
+    with DataBase(shards=2) as db:
+        db.load(snap)
+        users = list(db)[:3]
+    ids = "\n".join(str(u.ID) for u in users) + "\n\n  \n"  # blank lines are skipped
+    result = subprocess.run([*PYDBMS, "get", str(snap), "-"], input=ids, check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert [User.from_json(line) for line in result.stdout.splitlines()] == users
+    names = f"{users[0].name}\n\nnobody-has-this-name\n"
+    result = subprocess.run([*PYDBMS, "find", str(snap), "-"], input=names, check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == EXIT_FOUND_PROBLEM
+    assert str(users[0].ID) in result.stdout
+    assert "nobody-has-this-name" in one_line_error(result)
+
+
+def test_convert_to_stdout_creates_no_file(snap: Path, tmp_path: Path) -> None:
+    result = run("convert", str(snap), "-", cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 300 and set(rows[0]) == {"name", "age", "ID", "extras"}
+    assert not (tmp_path / "-").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_convert_to_a_symlink_replaces_its_target_and_keeps_the_link(snap: Path, tmp_path: Path) -> None:
+    target = tmp_path / "real.jsonl"
+    target.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target.name)
+    result = run("convert", str(snap), "link.jsonl", cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert link.is_symlink() and os.readlink(link) == target.name
+    assert len(target.read_text().splitlines()) == 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "real.jsonl"]  # no temporary left
+
+
+def test_convert_to_a_fifo_writes_through_it(snap: Path, tmp_path: Path) -> None:
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = run("convert", str(snap), str(fifo), "--format", "text", cwd=tmp_path)
+    reader.join(timeout=60)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert len(received[0].decode().splitlines()) == 300
+    assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_convert_to_a_directory_is_an_error(snap: Path, tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    result = run("convert", str(snap), "out", cwd=tmp_path)
+    assert result.returncode == EXIT_SNAPSHOT
+    assert "directory" in one_line_error(result)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_text_export_escapes_names_that_could_forge_lines(tmp_path: Path) -> None:
+    forged = 'a\nUser "Mallory" is 1 years old (ID: 00000000-0000-0000-0000-000000000000)'
+    users = [User(forged, 3), User('quote " and \\ backslash', 4), User("cr\rtab\t", 5), User("Zoë", 6)]
+    with DataBase(shards=1) as db:
+        db.add_users(users)
+        db.save(tmp_path / "db.json")
+    result = run("convert", "db.json", "out.txt", "--format", "text", cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    lines = (tmp_path / "out.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(users)  # one line a user, whatever the names hold
+    assert not any("Mallory" in line and line.startswith('User "Mallory"') for line in lines)
+    by_id = {line.rsplit("(ID: ", 1)[1].rstrip(")"): line for line in lines}
+    for user in users:
+        line = by_id[str(user.ID)]
+        quoted = line[len("User ") : line.rindex(f" is {user.age} years old")]
+        assert json.loads(quoted) == user.name  # plain names and escaped ones both read back as JSON strings
+    assert f'User "Zoë" is 6 years old (ID: {users[3].ID})' in lines

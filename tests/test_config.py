@@ -171,3 +171,38 @@ def test_database_with_default_yaml_and_an_override():
     with DataBase(config=DEFAULT_YAML, shards=1, start_method="fork") as db:
         assert db.shard_count == 1
         assert db.config.cache_size == Config().cache_size
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [("shards: 2\ncache_size: 5\nshards: 3\n", "shards"), ("log: true\nlog: true\n", "log")],
+)
+def test_duplicate_keys_name_the_key_and_file(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        Config.from_yaml(path)
+    message = str(info.value)
+    assert str(path) in message and "duplicate key" in message and repr(key) in message
+
+
+def test_duplicate_keys_are_caught_in_nested_mappings_but_merges_are_fine(tmp_path):
+    with pytest.raises(ConfigError, match="duplicate key 'x'"):
+        Config.from_yaml(write(tmp_path, "shards: 2\nnested: {x: 1, x: 2}\n"))
+    # `<<:` merge keys may be overridden beside them; the extra keys are then reported as unknown
+    with pytest.raises(ConfigError, match="unknown key"):
+        Config.from_yaml(write(tmp_path, "base: &b {x: 1}\nother:\n  <<: *b\n  x: 2\n"))
+
+
+@pytest.mark.parametrize("mode", ["0660", "0602", "0622", "0666", "0777", "020"])
+def test_file_mode_refuses_group_and_other_write(tmp_path, mode):
+    with pytest.raises(ConfigError) as info:
+        Config.from_mapping({"file_mode": mode})
+    assert "file_mode" in str(info.value) and "only the owner may write" in str(info.value)
+    path = write(tmp_path, f"file_mode: '{mode}'\n")
+    with pytest.raises(ConfigError, match=re.escape(str(path))):
+        Config.from_yaml(path)
+
+
+@pytest.mark.parametrize("mode", ["0600", "0644", "0640", "0604", "0400", "0700", "644"])
+def test_file_mode_allows_owner_write_and_any_read(mode):
+    assert Config.from_mapping({"file_mode": mode}).file_mode == mode

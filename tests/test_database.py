@@ -632,3 +632,45 @@ def test_batches_of_every_header_size(db, n):
     assert [fields(u) for u in db.search_users([u.ID for u in users[-20:]])] == [fields(u) for u in users[-20:]]
     assert db.remove_users([u.ID for u in users]) == n
     assert len(db) == 0
+
+
+@pytest.mark.parametrize(
+    "item",
+    [None, "Alice", "", 42, 4.5, True, b"short", b"\x00" * 17, ["a"], {"ID": 1}, object()],
+    ids=repr,
+)
+def test_in_is_false_for_anything_that_cannot_be_an_id(db2, item):
+    db2.add_users([User("Alice", 30)])
+    assert (item in db2) is False
+
+
+def test_in_still_takes_every_id_form(db2):
+    user = User("Alice", 30)
+    db2.add(user)
+    assert user in db2 and user.ID in db2 and str(user.ID) in db2 and user.ID.bytes in db2
+    assert uuid.uuid4() not in db2 and str(uuid.uuid4()) not in db2 and uuid.uuid4().bytes not in db2
+    with pytest.raises(PydbmsError):
+        db2.get("Alice")  # get() still says why; only `in` answers False
+
+
+def test_in_on_a_closed_database_raises():
+    db = DataBase(shards=1)
+    db.close()
+    with pytest.raises(ClosedError):
+        uuid.uuid4() in db  # noqa: B015
+
+
+def test_repr_says_what_it_is_without_asking_the_shards(tmp_path):
+    db = DataBase(shards=2)
+    try:
+        for handle in db._shards:  # a stuck worker must not hang repr()
+            os.kill(handle.process.pid, 19)  # SIGSTOP
+        assert repr(db) == "<DataBase shards=2 open>"
+    finally:
+        for handle in db._shards:
+            os.kill(handle.process.pid, 18)  # SIGCONT
+        db.close()
+    assert repr(db) == "<DataBase shards=2 closed>"
+    with DataBase(shards=1, snapshot_path=str(tmp_path / "db.json")) as db:
+        assert repr(db) == f"<DataBase shards=1 open path={str(db._path)!r} log=always>"
+    assert repr(db) == f"<DataBase shards=1 closed path={str(db._path)!r} log=always>"

@@ -16,7 +16,7 @@ import pytest
 
 from pydbms_shard import DataBase, FileManager, ImportFileError, PydbmsTypeError, PydbmsValueError, SnapshotError, User, generate_users
 from pydbms_shard.bench.original import OriginalDataBase, OriginalUser
-from pydbms_shard.persistence import convert_file, import_file
+from pydbms_shard.filemanager import convert_file, import_file
 from pydbms_shard.snapshot import read_manifest
 
 TEXT_LINE = re.compile(r'^User "(.*)" is (\d+) years old \(ID: ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\)$')

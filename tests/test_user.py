@@ -464,3 +464,37 @@ def test_id_given_as_its_16_bytes():
     with pytest.raises(ValueError, match="16 bytes"):
         User("a", 1, b"short")
 
+
+
+def test_extras_size_is_capped_and_documented():
+    from pydbms_shard.user import MAX_EXTRAS_BYTES
+
+    assert MAX_EXTRAS_BYTES == 64 * 1024
+    assert "64 KiB" in (User.__doc__ or "")
+    fits = User("a", 1, extras={"blob": "x" * (MAX_EXTRAS_BYTES - 100)})
+    assert len(fits.extras["blob"]) == MAX_EXTRAS_BYTES - 100
+    with pytest.raises(PydbmsValueError) as info:
+        User("a", 1, extras={"blob": "x" * MAX_EXTRAS_BYTES})
+    assert "User.extras" in str(info.value) and str(MAX_EXTRAS_BYTES) in str(info.value)
+    with pytest.raises(PydbmsValueError):
+        User.from_dict({"name": "a", "age": 1, "extras": {"many": list(range(40_000))}})
+
+
+def test_signature_and_help_show_extras():
+    import inspect
+    import pydoc
+
+    assert list(inspect.signature(User).parameters) == ["name", "age", "ID", "extras"]
+    text = pydoc.render_doc(User, renderer=pydoc.plaintext)
+    # the signature line and the documented attributes; msgspec's own field tables
+    # (``__struct_fields__``, ``__annotations__``) still list the stored ``_extras``
+    documented = text.split("Data and other attributes")[0]
+    assert "extras: " in documented and "_extras" not in documented
+
+
+def test_wire_format_is_unchanged():
+    import msgspec
+
+    user = User("a", 1, uuid.UUID(int=7), extras={"k": [1]})
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(user)) == ["a", 1, str(uuid.UUID(int=7)), {"k": [1]}]
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(user), type=User).extras == {"k": (1,)}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from pydbms_shard import snapshot
+from pydbms_shard import protocol, snapshot
 from pydbms_shard.errors import LogError
 from pydbms_shard.codec import (
     Raw,
@@ -39,7 +39,6 @@ from .id_index import as_rows
 from .partition import Partition
 
 _PARENT_POLL_SECONDS = 0.5
-_WRITE_OPS = frozenset({"add", "upsert", "remove", "clear"})
 
 
 class _Poisoned(Exception):
@@ -63,27 +62,23 @@ class ShardWorker:
         self.claim: int | None = None  # the shared lock on the path's owner file (see snapshot.hold_as_worker)
         # the last write call, until the next one: (seq, log offset or None, how to revert it)
         self.undo: tuple[int, int | None, Callable[[], None]] | None = None
-        # op name -> (handler, which arguments stay encoded: those annotated ``Raw``)
-        self.handlers: dict[str, tuple[Callable[..., Any], tuple[bool, ...]]] = {}
-        for name in dir(self):
-            if name.startswith("op_"):
-                handler = getattr(self, name)
-                params = [k for k in handler.__annotations__ if k != "return"]
-                raw = tuple(handler.__annotations__[k] in ("Raw", Raw) for k in params)
-                self.handlers[name[3:]] = (handler, raw)
+        # command -> (its handler, which arguments stay encoded), from the protocol's table
+        self.handlers: dict[str, tuple[Callable[..., Any], tuple[bool, ...]]] = {
+            name: (getattr(self, f"op_{name}"), protocol.raw_flags(name)) for name in protocol.COMMANDS
+        }
 
     # ------------------------------------------------------------ writes
 
-    def op_write(self, seq: int, nonce: int, touched: list, inner: Raw) -> Any:
+    def op_write(self, seq: int, nonce: int, touched: list, message: Raw) -> Any:
         """One write call: log the message as it came (one record, durable as ``log_fsync``
         says), apply it, and keep how to undo it until the coordinator moves on, so a call
         that failed on another shard is rolled back here too."""
         self.undo = None
-        parts = decode_parts(inner)
+        parts = decode_parts(message)
         op = decode_str(parts[0])
-        if op not in _WRITE_OPS:
+        if op not in protocol.WRITES:
             raise ValueError(f"not a write command: {op!r}")
-        offset = self.log.append(seq, nonce, touched, memoryview(inner)) if self.log is not None else None
+        offset = self.log.append(seq, nonce, touched, memoryview(message)) if self.log is not None else None
         try:
             result, revert = self._apply(self.partition, op, parts[1:])
         except BaseException as exc:

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..cli import CommandError, OneLineParser, whole_number
+from ..args import CommandError, OneLineParser, whole_number
 from .durability import QUICK_SINGLE_CALLS, SINGLE_CALLS, BATCH_USERS, format_durability, run_durability
 from .workload import (
     BATCH_ROWS,

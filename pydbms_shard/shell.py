@@ -1,0 +1,249 @@
+"""``pydbms shell``: one open DataBase and a prompt, in the spirit of the sqlite3 shell and redis-cli.
+
+Opening a DataBase costs a process per shard and a recovery; the shell pays it once and then
+answers each command at once. On a terminal it has a prompt, history (~/.pydbms_history) and
+tab completion of command names. Fed by a pipe it runs the commands without a prompt, so a
+script of commands is a batch job: every error is one line on stderr, the shell goes on, and
+the exit code is that of the first command that failed (0 when none did).
+"""
+
+from __future__ import annotations
+
+import cmd
+import json
+import os
+import shlex
+import uuid
+from pathlib import Path
+from typing import Any, TextIO
+
+from .args import EXIT_FOUND_PROBLEM, EXIT_OK, EXIT_OTHER, EXIT_SNAPSHOT, EXIT_USAGE
+from .coordinator import DataBase
+from .errors import LogError, PydbmsError, SnapshotError, ValidationError
+from .user import User
+
+HISTORY_FILE = "~/.pydbms_history"
+HISTORY_LENGTH = 1000
+
+
+class ShellError(Exception):
+    """A command that failed: one line on stderr, and an exit code for a batch run."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Shell(cmd.Cmd):
+    """The commands. Every ``do_*`` takes the rest of the line, split like a shell's words, so a
+    name with spaces is written in quotes: ``find "Ada Lovelace"``."""
+
+    intro = None
+    doc_header = "Commands (help COMMAND for more):"
+
+    def __init__(self, db: DataBase, stdin: TextIO, stdout: TextIO, stderr: TextIO, interactive: bool) -> None:
+        super().__init__(stdin=stdin, stdout=stdout)
+        self.db = db
+        self.stderr = stderr
+        self.interactive = interactive
+        self.use_rawinput = interactive  # input() with readline on a terminal; plain reads from a pipe
+        self.prompt = "pydbms> " if interactive else ""
+        self.exit_code = EXIT_OK
+
+    # ------------------------------------------------------------ the loop
+
+    def onecmd(self, line: str) -> bool:
+        """Run one line; an error is reported and remembered, never raised out of the loop."""
+        try:
+            return super().onecmd(line)
+        except ShellError as exc:
+            self._error(str(exc), exc.code)
+        except ValidationError as exc:
+            self._error(f"bad argument: {exc}", EXIT_USAGE)
+        except (SnapshotError, LogError) as exc:
+            self._error(str(exc), EXIT_SNAPSHOT)
+        except PydbmsError as exc:
+            self._error(str(exc), EXIT_OTHER)
+        except OSError as exc:
+            self._error(f"{exc.filename or ''}: {exc.strerror or exc}", EXIT_SNAPSHOT)
+        return False
+
+    def _error(self, message: str, code: int) -> None:
+        self.stderr.write("error: " + " ".join(message.split()) + "\n")  # one line, whatever it held
+        self.stderr.flush()
+        if self.exit_code == EXIT_OK:
+            self.exit_code = code
+
+    def _out(self, text: str) -> None:
+        self.stdout.write(text + "\n")
+
+    def emptyline(self) -> bool:
+        return False  # not cmd's default of repeating the last command: that could add users twice
+
+    def default(self, line: str) -> None:
+        if line.lstrip().startswith("#"):
+            return  # a comment, for scripts of commands
+        raise ShellError(f"unknown command {line.split()[0]!r} (try help)")
+
+    def get_names(self) -> list[str]:
+        """What help lists and tab completes: the commands, not the EOF that ends input."""
+        return [name for name in super().get_names() if name != "do_EOF"]
+
+    def postcmd(self, stop: bool, line: str) -> bool:
+        self.stdout.flush()  # a pipe reader sees each answer as it comes
+        return stop
+
+    # ------------------------------------------------------------ commands
+
+    def do_get(self, arg: str) -> None:
+        """get ID... : the users with these IDs, as JSON lines (as `pydbms get`)."""
+        ids: list[Any] = _words(arg, "get ID...")
+        found = self.db.get_many(ids)
+        for user in found:
+            if user is not None:
+                self._out(user.to_json().decode())
+        missing = [i for i, user in zip(ids, found) if user is None]
+        if missing:
+            raise ShellError("not found: " + " ".join(missing), EXIT_FOUND_PROBLEM)
+
+    def do_find(self, arg: str) -> None:
+        """find NAME... : the users with exactly these names, as JSON lines (as `pydbms find`)."""
+        missing = []
+        for name in _words(arg, "find NAME..."):
+            users = self.db.find_by_name(name)
+            for user in users:
+                self._out(user.to_json().decode())
+            if not users:
+                missing.append(name)
+        if missing:
+            raise ShellError("no user named " + ", ".join(map(repr, missing)), EXIT_FOUND_PROBLEM)
+
+    def do_add(self, arg: str) -> None:
+        """add NAME AGE [NAME AGE ...] : new users; prints their IDs, one a line."""
+        words = _words(arg, "add NAME AGE [NAME AGE ...]")
+        if len(words) % 2:
+            raise ShellError("add takes pairs: add NAME AGE [NAME AGE ...]")
+        users = []
+        for name, age in zip(words[::2], words[1::2]):
+            try:
+                years = int(age)
+            except ValueError:
+                raise ShellError(f"age must be a whole number, got {age!r}") from None
+            users.append(User(name, years))  # all checked before any is added
+        self.db.add_users(users)
+        for user in users:
+            self._out(str(user.ID))
+
+    def do_remove(self, arg: str) -> None:
+        """remove ID|NAME... : remove users by ID, or every user with a name; prints how many."""
+        items: list[Any] = []
+        for word in _words(arg, "remove ID|NAME..."):
+            try:
+                items.append(uuid.UUID(word))
+            except ValueError:
+                items.append(word)  # not an ID: a name
+        self._out(f"{self.db.remove_users(items)} removed")
+
+    def do_count(self, arg: str) -> None:
+        """count : how many users are stored."""
+        _no_words(arg, "count")
+        self._out(str(len(self.db)))
+
+    def do_stats(self, arg: str) -> None:
+        """stats : users per shard, the log, the cache and autosave, as one JSON object."""
+        _no_words(arg, "stats")
+        self._out(json.dumps(self.db.stats(), default=str))
+
+    def do_save(self, arg: str) -> None:
+        """save [PATH] : write a snapshot to PATH, or to the snapshot the shell opened (a checkpoint)."""
+        path = _one_path(arg, "save [PATH]")
+        manifest = self.db.save(path)
+        self._out(f"{manifest.users:,} users saved to {path or self.db.config.snapshot_path}")
+
+    def do_load(self, arg: str) -> None:
+        """load [PATH] : replace every user with the snapshot at PATH (or the one the shell opened)."""
+        path = _one_path(arg, "load [PATH]")
+        manifest = self.db.load(path)
+        self._out(f"{manifest.users:,} users loaded from {path or self.db.config.snapshot_path}")
+
+    def do_quit(self, arg: str) -> bool:
+        """quit : leave the shell (so do exit and end of input)."""
+        return True
+
+    do_exit = do_quit
+
+    def help_exit(self) -> None:
+        self._out("exit : leave the shell (so do quit and end of input).")
+
+    def do_EOF(self, arg: str) -> bool:
+        if self.interactive:
+            self._out("")  # the prompt's line ends before the terminal's
+        return True
+
+
+def _words(arg: str, usage: str) -> list[str]:
+    """The command's arguments, split like a shell's words; at least one."""
+    try:
+        words = shlex.split(arg)
+    except ValueError as exc:  # e.g. an unclosed quote
+        raise ShellError(f"{exc} (usage: {usage})") from None
+    if not words:
+        raise ShellError(f"usage: {usage}")
+    return words
+
+
+def _no_words(arg: str, usage: str) -> None:
+    if arg.strip():
+        raise ShellError(f"usage: {usage}")
+
+
+def _one_path(arg: str, usage: str) -> str | None:
+    if not arg.strip():
+        return None
+    words = _words(arg, usage)
+    if len(words) != 1:
+        raise ShellError(f"usage: {usage}")
+    return str(Path(words[0]).expanduser())
+
+
+def run_shell(db: DataBase, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    """Run the shell until quit or end of input; returns the exit code (see the module)."""
+    interactive = stdin.isatty()
+    shell = Shell(db, stdin, stdout, stderr, interactive)
+    readline = _start_history() if interactive else None
+    try:
+        if interactive:
+            shell._out(f"pydbms shell: {len(db):,} users. Type help for the commands, quit to leave.")
+        while True:
+            try:
+                shell.cmdloop()
+                break
+            except KeyboardInterrupt:  # on a terminal ^C drops the line being typed, not the shell
+                if not interactive:
+                    raise
+                shell._out("^C")
+    finally:
+        if readline is not None:
+            _save_history(readline)
+    return shell.exit_code if not interactive else EXIT_OK
+
+
+def _start_history() -> Any:
+    """readline with the saved history, or None where there is no readline."""
+    try:
+        import readline
+    except ImportError:
+        return None
+    try:
+        readline.read_history_file(os.path.expanduser(HISTORY_FILE))
+    except OSError:
+        pass  # none yet, or unreadable: start without
+    readline.set_history_length(HISTORY_LENGTH)
+    return readline
+
+
+def _save_history(readline: Any) -> None:
+    try:
+        readline.write_history_file(os.path.expanduser(HISTORY_FILE))
+    except OSError:
+        pass  # history is a convenience: never an error on the way out
