@@ -32,6 +32,9 @@ class FileManager:
         self.output_file = Path(output_file)
         self.autosave_interval = autosave_interval
 
+    def __repr__(self) -> str:
+        return f"<FileManager output_file={str(self.output_file)!r} database={self.database!r}>"
+
     def save(self) -> snapshot.Manifest:
         return self.database.save(self.output_file)
 
