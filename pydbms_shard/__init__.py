@@ -12,8 +12,8 @@ from .errors import (
     ShardError,
     SnapshotError,
 )
-from .generate import generate_users, random_age, random_name
 from .filemanager import FileManager
+from .generate import generate_users, random_age, random_name
 from .user import User
 
 __version__ = "0.1.0"

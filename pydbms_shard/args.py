@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import NoReturn
 
 EXIT_OK, EXIT_FOUND_PROBLEM, EXIT_USAGE, EXIT_CONFIG, EXIT_SNAPSHOT, EXIT_IMPORT, EXIT_OTHER = 0, 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130
@@ -24,7 +25,7 @@ class CommandError(Exception):
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit code 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise CommandError(f"{self.prog}: {message} (see --help)", EXIT_USAGE)
 
 

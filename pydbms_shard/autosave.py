@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("pydbms_shard.autosave")
 
@@ -44,7 +45,7 @@ class AutoSaver:
                     self.last_error = None
             except ScheduleEnded:
                 return
-            except Exception as exc:  # logged and counted; the next tick retries
+            except Exception as exc:  # noqa: BLE001 - logged and counted; the next tick retries
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("autosave to %s failed: %s", self.path, self.last_error)

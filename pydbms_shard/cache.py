@@ -4,8 +4,8 @@ a pipe. The DataBase updates it under the same lock as every write, so it is nev
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from itertools import repeat
-from typing import Iterable
 
 from .user import User
 
@@ -13,7 +13,7 @@ from .user import User
 class ReadCache:
     """Users by the 16 bytes of their ID (what workers report back); ``capacity`` 0 turns it off."""
 
-    __slots__ = ("capacity", "_users", "hits", "misses")
+    __slots__ = ("_users", "capacity", "hits", "misses")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity

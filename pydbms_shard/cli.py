@@ -13,10 +13,11 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import msgspec
 
@@ -55,7 +56,7 @@ class _Progress:
         self.enabled = not quiet and sys.stderr.isatty()
 
     @contextmanager
-    def bar(self, total: int, desc: str) -> Iterator[Callable[[int], None]]:
+    def bar(self, total: int, desc: str) -> Iterator[Callable[[int], object]]:
         if not self.enabled or total < PROGRESS_THRESHOLD:
             yield lambda n: None
             return
@@ -112,7 +113,7 @@ def _save_with_progress(db: DataBase, path: Path, users: int, progress: _Progres
         advance(users)
 
 
-def _add_with_progress(db: DataBase, users: list, progress: _Progress, desc: str) -> int:
+def _add_with_progress(db: DataBase, users: list[Any], progress: _Progress, desc: str) -> int:
     added = 0
     with progress.bar(len(users), desc) as advance:
         if len(users) < PROGRESS_THRESHOLD or not progress.enabled:
@@ -385,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return EXIT_USAGE
-        return args.run(args, _Progress(args.quiet))
+        code: int = args.run(args, _Progress(args.quiet))
+        return code
     except CommandError as exc:
         return _fail(str(exc), exc.code)
     except ConfigError as exc:

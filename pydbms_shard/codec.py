@@ -12,8 +12,9 @@ viewed as an ``(n, 18)`` numpy array and split by shard without touching each it
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import msgspec
 import numpy as np

@@ -43,9 +43,9 @@ from .codec import (
 from .config import MAX_AUTOSAVE_INTERVAL, MIN_CHECKPOINT_BYTES, Config, load_config
 from .errors import (
     ClosedError,
-    PydbmsError,
     ConfigError,
     LogWriteError,
+    PydbmsError,
     PydbmsTypeError,
     PydbmsValueError,
     ReadOnlyError,
@@ -67,7 +67,7 @@ log = logging.getLogger("pydbms_shard")
 class _Batch:
     """A validated batch of queries: IDs (encoded once, routed by shard) and names."""
 
-    __slots__ = ("ids", "rows", "id_pos", "names", "name_pos", "per_shard", "encoded_names")
+    __slots__ = ("encoded_names", "id_pos", "ids", "name_pos", "names", "per_shard", "rows")
 
     def __init__(
         self,
@@ -119,7 +119,7 @@ class _Batch:
         return np.concatenate([id_part, name_part])
 
 
-def _as_list(items: Any, call: str) -> list:
+def _as_list(items: Any, call: str) -> list[Any]:
     if isinstance(items, list):
         return items
     if isinstance(items, (str, bytes, User, uuid.UUID, Mapping)) or not isinstance(items, Iterable):
@@ -127,12 +127,12 @@ def _as_list(items: Any, call: str) -> list:
     return list(items)
 
 
-def _subset(items: list, positions: np.ndarray) -> list:
+def _subset(items: list[Any], positions: np.ndarray) -> list[Any]:
     """``items`` at ascending, distinct ``positions`` (a shard's share of a batch)."""
     return items if len(positions) == len(items) else _take(items, positions)
 
 
-def _take(items: list, positions: np.ndarray) -> list:
+def _take(items: list[Any], positions: np.ndarray) -> list[Any]:
     """``items`` at ``positions``, in that order."""
     if len(positions) == 0:
         return []
@@ -163,7 +163,7 @@ class _CtrlCDeferred:
                 signal.signal(signal.SIGINT, self._on_sigint)
             self.depth += 1
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if threading.current_thread() is threading.main_thread():
             self.depth -= 1
             if not self.depth and self.pending:
@@ -248,7 +248,7 @@ class DataBase:
     def __enter__(self) -> DataBase:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -340,12 +340,12 @@ class DataBase:
     # ------------------------------------------------------------ validation
 
     def _users_batch(self, users: Any, call: str) -> list[User]:
-        users = _as_list(users, call)
-        if set(map(type, users)) - {User}:
-            for k, user in enumerate(users):
+        items = _as_list(users, call)
+        if set(map(type, items)) - {User}:
+            for k, user in enumerate(items):
                 if not isinstance(user, User):
                     raise PydbmsTypeError(f"{call}(): item {k} must be a User, got {type(user).__name__}: {user!r:.80}")
-        return users
+        return items
 
     def _query_batch(self, items: Any, call: str, names_allowed: bool = True) -> _Batch:
         """Check a batch of queries whole and split it into IDs and names. The common batches
@@ -470,7 +470,7 @@ class DataBase:
                 return  # closed, or a save meanwhile already checkpointed
             try:
                 db.save()
-            except Exception as exc:  # logged; the next write past the threshold tries again
+            except Exception as exc:  # noqa: BLE001 - logged; the next write past the threshold tries again
                 log.warning("automatic checkpoint of %s failed: %s", db._path, exc)
 
         self._checkpointer = threading.Thread(target=run, name="pydbms-checkpoint", daemon=True)
@@ -509,7 +509,7 @@ class DataBase:
             return 0
         inserted = 0
 
-        def count(reply: list) -> None:
+        def count(reply: list[Any]) -> None:
             nonlocal inserted
             new, replaced = reply
             inserted += new
@@ -697,7 +697,7 @@ class DataBase:
     def stats(self) -> dict[str, Any]:
         """Users in all, per shard (users, pid, memory), the read cache and autosave."""
         replies = exchange(self._shards, [request("stats")] * len(self._shards), return_exceptions=True, timeout=self._timeout)
-        shards = [
+        shards: list[dict[str, Any]] = [
             {"shard": s, "users": 0, "failed": str(r)} if isinstance(r, Exception) else decode_any(r) for s, r in enumerate(replies)
         ]
         for entry in shards:
@@ -793,7 +793,7 @@ class DataBase:
             self._log_bytes = max(0, self._log_bytes - bytes_in_cut)
         return manifest, changes_in_cut
 
-    def _append_spec(self, plan: recovery.Plan, shard: int) -> list:
+    def _append_spec(self, plan: recovery.Plan, shard: int) -> list[Any]:
         """Go on appending to the shard's newest segment, or start one after the plan's last call."""
         assert self._chain is not None
         where = plan.append.get(shard)
@@ -802,7 +802,7 @@ class DataBase:
         name, offset, base = where
         return self._log_spec(self._chain, base, [name, offset])
 
-    def _log_spec(self, chain: str, base: int, append: list | None = None) -> list:
+    def _log_spec(self, chain: str, base: int, append: list[Any] | None = None) -> list[Any]:
         """Where a worker appends its log: a new segment at ``base`` or ``append`` = [file, offset]."""
         assert self._path is not None
         return [str(self._path.parent), self._path.name, chain, base, self.config.log_fsync, self.config.file_mode_bits, append]
@@ -874,7 +874,7 @@ class DataBase:
         """Every worker reads its part of a snapshot (and replays the log after it) into
         staging; nothing is swapped in yet. On failure every stage is dropped."""
         n = len(self._shards)
-        spec: list = []
+        spec: list[Any] = []
         reroute = False
         if manifest is not None:
             files = snapshot.manifest_files(path, manifest)
@@ -906,14 +906,15 @@ class DataBase:
                 with snapshot.writer_lock(self._path):
                     manifest, _ = self._write_snapshot(self._path, staged=True, chain=chain)
             except BaseException as exc:
-                manifest = self._committed(chain)
-                if manifest is None:
+                committed = self._committed(chain)
+                if committed is None:
                     try:
                         exchange(self._shards, [request("load_abort")] * n, timeout=self._timeout)
                     except ShardError:
                         pass
                     raise
                 # committed, then something after the rename failed: the new state is the one on disk
+                manifest = committed
                 log.error("%s: the checkpoint is committed, but: %s", self._path, exc)
             spec = self._log_spec(chain, self._seq + 1)
             self._chain = chain
@@ -1012,14 +1013,14 @@ class DataBase:
         for _attempt in range(2):  # a save may rotate the files away while they are read: once more
             try:
                 handle = ShardHandle(index, n, self.config.start_method)
-            except Exception as exc:  # no process to be had (fork failed, out of descriptors)
+            except Exception as exc:  # noqa: BLE001 - no process to be had (fork failed, out of descriptors)
                 problem = exc
                 continue
             self._shards[index] = handle
             try:
                 self._rebuild(index)
                 return
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure to rebuild: try the next attempt
                 problem = exc
                 handle.stop(patience=0.5)
         self._lost[index] = f"its worker died ({why}) and it could not be rebuilt: {problem}"
@@ -1082,7 +1083,7 @@ class DataBase:
     @staticmethod
     def convert_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: str = "jsonl") -> int:
         """Write the snapshot at ``src`` as readable JSON lines (or ``format="text"``) to ``dst``."""
-        return readable.convert_file(src, dst, format)  # type: ignore[arg-type]
+        return readable.convert_file(src, dst, format)  # type: ignore[arg-type]  # any str; convert_file rejects others at run time
 
     def start_autosave(self, interval: float | None = None, path: str | os.PathLike[str] | None = None) -> None:
         """Save every ``interval`` seconds, only when something changed since the last save."""

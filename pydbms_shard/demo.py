@@ -9,7 +9,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .bench.workload import ROWS, OursEngine, Workload, run_engine, summarize
 from .config import Config
@@ -17,7 +19,8 @@ from .coordinator import DataBase
 from .generate import generate_users
 from .readable import convert_file
 
-def _say(quiet: bool):
+
+def _say(quiet: bool) -> Callable[[str], None]:
     def progress(message: str) -> None:
         if not quiet:
             print(f"  .. {message}", file=sys.stderr, flush=True)
@@ -25,7 +28,7 @@ def _say(quiet: bool):
     return progress
 
 
-def table(result_rows: dict) -> str:
+def table(result_rows: dict[str, Any]) -> str:
     lines = [
         f"{'Operation':<26}{'Count(Users)':>14}{'Avg(s)':>10}{'Min(s)':>10}{'Max(s)':>10}{'StdDev':>10}",
         "_" * 80,

@@ -22,7 +22,7 @@ from .codec import decode_users
 from .errors import ImportFileError, PydbmsError, PydbmsValueError, SnapshotError
 from .user import User
 
-Progress = Callable[[int], None]  # called with how many more users were handled
+Progress = Callable[[int], object]  # called with how many more users were handled
 
 
 class _Line(msgspec.Struct, forbid_unknown_fields=True):
@@ -144,7 +144,7 @@ def read_user_lines(src: str | os.PathLike[str], progress: Progress | None = Non
     src = Path(src)
     users: list[User] = []
     try:
-        f = open(src, "rb")
+        f = open(src, "rb")  # noqa: SIM115 - closed by `with f:` below, after the open's own errors
     except OSError as exc:
         raise ImportFileError(f"{src}: cannot read ({snapshot.describe_os_error(exc)})") from None
     with f:

@@ -23,6 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import LogDamagedError, SnapshotError
 from .snapshot import fsync_dir, numbered_manifests, read_manifest
@@ -50,7 +51,7 @@ class Plan:
     append: dict[int, tuple[str, int, int]] = field(default_factory=dict)
     replayed_bytes: int = 0  # what the replayed calls take in the log
 
-    def replay_message(self, shard: int, shards: int) -> list:
+    def replay_message(self, shard: int, shards: int) -> list[Any]:
         """The ``replay`` command's arguments for one worker of a ``shards``-shard layout."""
         return [self.paths, [layout != shards for layout in self.layouts], self.extents.get(shard, [])]
 
@@ -67,14 +68,13 @@ def _ranges(scans: list[wal.SegmentScan]) -> dict[int, int]:
     ends: dict[int, int] = {}
     for k, scan in enumerate(scans):
         if _created(scan):
-            by_lane.setdefault((scan.shards, scan.shard), []).append(k)  # type: ignore[arg-type]
+            by_lane.setdefault((scan.shards, scan.shard), []).append(k)  # type: ignore[arg-type]  # a created segment's header gives shard, shards and base (never None)
         else:
             ends[k] = -1
-    ends: dict[int, int] = {}
     for lane in by_lane.values():
-        lane.sort(key=lambda k: scans[k].base)  # type: ignore[arg-type,return-value]
+        lane.sort(key=lambda k: scans[k].base)  # type: ignore[arg-type,return-value]  # a created segment's header gives shard, shards and base (never None)
         for here, after in zip(lane, lane[1:] + [None]):
-            ends[here] = _NO_END if after is None else scans[after].base - 1  # type: ignore[operator]
+            ends[here] = _NO_END if after is None else scans[after].base - 1  # type: ignore[operator]  # a created segment's header gives shard, shards and base (never None)
     return ends
 
 
@@ -90,7 +90,7 @@ def plan(manifest_path: Path, chain: str | None, start: int, shards: int, upto: 
     result.last = _whole_prefix(parts, scans, start, upto)
     result.dropped = sum(1 for s in parts if s > result.last)
     result.paths = [str(scan.path) for scan in scans]
-    result.layouts = [scan.shards for scan in scans]  # type: ignore[misc]
+    result.layouts = [scan.shards for scan in scans]  # type: ignore[misc]  # every scanned segment's name or header gives shards
     _assign_extents(result, parts, scans, shards)
     _plan_tails(result, scans, ends)
     _plan_appends(result, scans, shards)
@@ -124,7 +124,7 @@ def _whole_prefix(parts: dict[int, list[tuple[int, wal.RecordInfo]]], scans: lis
         found = parts[seq + 1]
         first = found[0][1]
         layout = {scans[k].shards for k, _ in found}
-        holders = sorted(scans[k].shard for k, _ in found)  # type: ignore[type-var]
+        holders = sorted(scans[k].shard for k, _ in found)  # type: ignore[type-var]  # a created segment's header gives shard, shards and base (never None)
         if len(layout) != 1 or any(r.nonce != first.nonce or r.touched != first.touched for _, r in found):
             break  # parts of different calls under one number: the later ones are leftovers
         if holders != sorted(first.touched):
@@ -141,7 +141,7 @@ def _assign_extents(result: Plan, parts: dict[int, list[tuple[int, wal.RecordInf
             span = [k, record.start, record.end]
             result.replayed_bytes += record.end - record.start
             if scans[k].shards == shards:
-                result.extents.setdefault(scans[k].shard, []).append(span)  # type: ignore[arg-type]
+                result.extents.setdefault(scans[k].shard, []).append(span)  # type: ignore[arg-type]  # a created segment's header gives shard, shards and base (never None)
             else:
                 for w in range(shards):
                     result.extents.setdefault(w, []).append(span)
@@ -168,9 +168,9 @@ def _plan_appends(result: Plan, scans: list[wal.SegmentScan], shards: int) -> No
     for w in range(shards):
         mine = [k for k in lanes if scans[k].shard == w]
         if mine:
-            k = max(mine, key=lambda k: scans[k].base)  # type: ignore[arg-type,return-value]
+            k = max(mine, key=lambda k: scans[k].base)  # type: ignore[arg-type,return-value]  # a created segment's header gives shard, shards and base (never None)
             new_size = next((size for p, size, _ in result.truncate if p == Path(scans[k].path)), scans[k].size)
-            result.append[w] = (Path(scans[k].path).name, new_size, scans[k].base)  # type: ignore[assignment]
+            result.append[w] = (Path(scans[k].path).name, new_size, scans[k].base)  # type: ignore[assignment]  # a created segment's header gives shard, shards and base (never None)
 
 
 def drop_tails(result: Plan) -> None:

@@ -12,7 +12,8 @@ import select
 import signal
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import multiprocess
 import multiprocess.connection
@@ -34,7 +35,7 @@ def _preparation_data(name: str) -> dict[str, Any]:
     """What a spawned or forkserver child prepares itself with, minus the user's ``__main__``
     when a shard starts: a worker needs only this package, and re-running the user's script
     in the child would start databases inside it (the original's examples have no main guard)."""
-    data = _original_preparation_data(name)
+    data: dict[str, Any] = _original_preparation_data(name)  # multiprocess is untyped
     if getattr(_starting, "shard", False):
         data.pop("init_main_from_path", None)
         data.pop("init_main_from_name", None)
@@ -78,9 +79,9 @@ class Liveness:
                     self._poller.register(h.process.sentinel, select.POLLIN)
         known = [h for h in handles if h.dead]
         for fd, _ in self._poller.poll(0):
-            h = self._by_fd.get(fd)
-            if h is not None and h not in known:
-                known.append(h)
+            found = self._by_fd.get(fd)
+            if found is not None and found not in known:
+                known.append(found)
         return known
 
 
@@ -117,7 +118,8 @@ class ShardHandle:
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid
+        pid: int | None = self.process.pid  # multiprocess is untyped
+        return pid
 
     def _died(self, how: str) -> ShardError:
         code = self.process.exitcode
@@ -232,9 +234,9 @@ def wait_for_events(handles: Sequence[ShardHandle], timeout: float) -> list[tupl
             except (EOFError, OSError):
                 out.append((handle, handle._died("died")))
     for item in ready:
-        handle = by_sentinel.get(item)
-        if handle is not None and not any(h is handle for h, _ in out):
-            out.append((handle, handle._died("died")))
+        dead = by_sentinel.get(item)
+        if dead is not None and not any(h is dead for h, _ in out):
+            out.append((dead, dead._died("died")))
     return out
 
 

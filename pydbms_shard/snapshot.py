@@ -29,10 +29,11 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, NamedTuple
+from typing import IO, Any, Final, Literal, NamedTuple, cast
 
 import msgspec
 import zstandard
@@ -43,7 +44,7 @@ from .routing import HASH_SCHEME
 
 log = logging.getLogger("pydbms_shard.snapshot")
 
-FORMAT_NAME = "pydbms-shard"
+FORMAT_NAME: Final = "pydbms-shard"
 FORMAT_VERSION = 1
 FILE_MAGIC = b"PDBSHARD"
 TRAILER_MAGIC = b"PDBSEND\0"
@@ -319,7 +320,7 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def write_shard_file(
-    path: Path, records: list[Record], shard: int, shards: int, level: int, mode: int, progress: Callable[[int], None] | None = None
+    path: Path, records: list[Record], shard: int, shards: int, level: int, mode: int, progress: Callable[[int], object] | None = None
 ) -> ManifestFile:
     """Encode, compress and durably write one shard's records; remove the file on failure.
     ``progress(users written)`` is called after each block (the save's liveness report)."""
@@ -401,7 +402,7 @@ def _check_size(path: Path, size: int, expect: ManifestFile | None) -> None:
         raise SnapshotError(f"{path}: truncated ({size} bytes)")
 
 
-def _parse_blocks(path: Path, data: bytes | memoryview, decode: Callable[[Any], list]) -> Iterator[list]:
+def _parse_blocks(path: Path, data: bytes | memoryview, decode: Callable[[Any], list[Any]]) -> Iterator[list[Any]]:
     view = memoryview(data)
     pos = 0
     while pos < len(view):
@@ -445,10 +446,10 @@ def read_shard_file(path: Path, expect: ManifestFile | None = None) -> list[Reco
     return records
 
 
-def iter_shard_file(path: Path, expect: ManifestFile | None = None, decode: Callable[[Any], list] = decode_records) -> Iterator[list]:
+def iter_shard_file(path: Path, expect: ManifestFile | None = None, decode: Callable[[Any], list[Any]] = decode_records) -> Iterator[list[Any]]:
     """Verify a shard file, then stream its records block by block (bounded memory)."""
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - closed by `with f:` below, after the open's own errors
     except FileNotFoundError:
         raise SnapshotError(f"{path}: missing") from None
     except OSError as exc:
@@ -471,7 +472,8 @@ def iter_shard_file(path: Path, expect: ManifestFile | None = None, decode: Call
         body = _Limited(f, size - HEADER.size - TRAILER.size)
         seen = 0
         try:
-            reader = zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=False)
+            # zstandard reads any object with read(); its stubs name only IO[bytes] and buffers
+            reader = zstandard.ZstdDecompressor().stream_reader(cast("IO[bytes]", body), read_across_frames=False)
             while True:
                 head = reader.read(BLOCK_LEN.size)
                 if not head:
@@ -506,7 +508,7 @@ class _Limited:
     def read(self, n: int = -1) -> bytes:
         if n < 0 or n > self._left:
             n = self._left
-        data = self._f.read(n)
+        data: bytes = self._f.read(n)
         self._left -= len(data)
         return data
 
@@ -622,7 +624,7 @@ def build_manifest(
     generation: int, shards: int, files: list[ManifestFile], log_chain: str | None = None, log_seq: int = 0
 ) -> Manifest:
     now = time.time()
-    created = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    created = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     files = sorted(files, key=lambda f: f.shard)
     return Manifest(
         format=FORMAT_NAME,

@@ -46,6 +46,7 @@ def check_name(name: Any) -> str:
         if not isinstance(name, str):
             raise PydbmsTypeError(f"User.name must be a str, got {type(name).__name__}: {_short(name)}")
         name = str(name)
+    checked: str = name
     if not name:
         raise PydbmsValueError(f"User.name must not be empty, got {name!r}")
     _check_text(name, "User.name")
@@ -53,7 +54,7 @@ def check_name(name: Any) -> str:
         raise PydbmsValueError(
             f"User.name must be at most {MAX_NAME_LENGTH} characters, got {len(name)}: {_short(name)}"
         )
-    return name
+    return checked
 
 
 def check_age(age: Any) -> int:
@@ -153,7 +154,8 @@ class _UserMeta(msgspec.StructMeta):
         name = check_name(name)
         age = check_age(age)
         ID = uuid.uuid4() if ID is None else check_id(ID)
-        return super().__call__(name, age, ID, check_extras(extras))
+        user: User = super().__call__(name, age, ID, check_extras(extras))
+        return user
 
     @property
     def __signature__(cls) -> inspect.Signature:
@@ -207,7 +209,7 @@ class User(msgspec.Struct, metaclass=_UserMeta, frozen=True, gc=False, array_lik
         extras = "" if self._extras is None else f", extras={self._extras!r}"
         return f"User(name={self.name!r}, age={self.age!r}, ID={self.ID!r}{extras})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[User], tuple[Any, ...]]:
         return (User, (self.name, self.age, self.ID, self._extras))
 
     def to_dict(self) -> dict[str, Any]:

@@ -50,6 +50,7 @@ with DataBase(shards=2, keep_generations=2) as db:
 """
 
 MARKER_VAR = "PYDBMS_CRASH_TEST_MARKER"
+HANG = 30.0  # seconds: waits that only detect a hang; no test asserts that something is fast
 
 
 def marked_processes(marker: str) -> list[psutil.Process]:
@@ -121,7 +122,8 @@ def test_sigkill_at_random_moments_always_leaves_a_loadable_snapshot(tmp_path):
                     cwd=tmp_path,
                 )
             lines: queue.Queue = queue.Queue()
-            threading.Thread(target=reader, args=(child.stdout, lines), daemon=True).start()
+            stdout_reader = threading.Thread(target=reader, args=(child.stdout, lines), daemon=True)
+            stdout_reader.start()
             worker_pids: list[int] = []
             if run == 0:  # make sure a first snapshot exists, then kill mid-loop
                 worker_pids = [int(p) for p in wait_for(lines, "ready", child, stderr_path)[2:]]
@@ -138,14 +140,18 @@ def test_sigkill_at_random_moments_always_leaves_a_loadable_snapshot(tmp_path):
             kinds.append(kind)
             assert child.poll() is None, f"run {run}: the child ended by itself:\n{stderr_path.read_text()}"
             child.send_signal(signal.SIGKILL)
-            child.wait(timeout=10)
-            child.stdout.close()
+            child.wait(timeout=HANG)
 
             # the workers (and anything else the child started) notice and exit on their own
-            survivors = wait_gone(marker, timeout=10)
+            survivors = wait_gone(marker, timeout=HANG)
             assert not survivors, f"run {run} ({kind}): processes outlived the killed child: " + ", ".join(
                 f"{p.pid} {p.name()} {p.cmdline()[:3]}" for p in survivors
             )
+            # every writer of the pipe is gone, so the reader sees end-of-file and ends; only
+            # then is the pipe closed (closing it under the reader made the thread raise)
+            stdout_reader.join(HANG)
+            assert not stdout_reader.is_alive(), f"run {run}: the child's stdout never reached end-of-file"
+            child.stdout.close()
             for pid in worker_pids:
                 assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 

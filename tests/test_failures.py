@@ -13,6 +13,8 @@ from pydbms_shard import DataBase, ShardError, User, generate_users
 from pydbms_shard.codec import encode
 from pydbms_shard.routing import shard_of
 
+HANG = 30.0  # seconds: a wait that only detects a hang; no test asserts that a call is fast
+
 
 def on_shard(users: list[User], shard: int, shards: int) -> list[User]:
     return [u for u in users if shard_of(u.ID.bytes, shards) == shard]
@@ -51,12 +53,12 @@ def test_saving_elsewhere_does_not_make_autosave_skip_its_own_file(tmp_path):
     with DataBase(shards=2, start_method="fork") as db:
         db.add_users(users)
         db.start_autosave(0.2, tmp_path / "auto.json")
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + HANG
         while db.stats()["autosave"]["saves"] < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         db.add(User("late", 9))
         db.save(tmp_path / "other.json")
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + HANG
         while db.stats()["autosave"]["saves"] < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         db.stop_autosave()
@@ -89,31 +91,44 @@ def test_a_dropped_iterator_releases_its_cut_at_the_next_call():
 
 
 def test_calls_go_on_while_a_save_writes(tmp_path, monkeypatch):
-    """Callers wait for the cut only, not for files being written (a slow disk is injected)."""
+    """Callers wait for the cut only, not for files being written: the shard writers are held
+    until the gets are done, so the gets can only finish while the save is still writing."""
+    import threading
+
     import pydbms_shard.snapshot as snapshot_mod
 
     real = snapshot_mod.write_shard_file
+    started_flag, release_flag = tmp_path / "write-started", tmp_path / "write-release"
 
-    def slow(*args, **kwargs):
-        time.sleep(1.0)
+    def held(*args, **kwargs):  # runs in the (forked) worker's writer thread
+        started_flag.touch()
+        deadline = time.monotonic() + HANG
+        while not release_flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(snapshot_mod, "write_shard_file", slow)
+    monkeypatch.setattr(snapshot_mod, "write_shard_file", held)
     users = generate_users(100, seed=6)
     with DataBase(shards=2, start_method="fork", cache_size=0) as db:
         db.add_users(users)
-        import threading
-
         saver = threading.Thread(target=db.save, args=(tmp_path / "slow.json",))
         saver.start()
-        time.sleep(0.2)
-        started = time.monotonic()
-        for user in users[:20]:
-            assert db.get(user.ID) == user
-        took = time.monotonic() - started
-        assert saver.is_alive(), "the save should still be writing"
-        saver.join()
-        assert took < 0.5, f"20 gets took {took:.2f} s during a save"
+        try:
+            deadline = time.monotonic() + HANG
+            while not started_flag.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert started_flag.exists(), "the save never started writing"
+            got = []
+            getter = threading.Thread(target=lambda: got.extend(db.get(user.ID) for user in users[:20]))
+            getter.start()
+            getter.join(HANG)
+            assert not getter.is_alive(), "the gets waited for the files being written"
+            assert got == users[:20]
+            assert saver.is_alive(), "the save should still be writing"
+        finally:
+            release_flag.touch()
+            saver.join(HANG)
+        assert not saver.is_alive()
 
 
 def test_each_thread_reads_its_own_writes_through_the_cache():

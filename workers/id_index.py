@@ -30,7 +30,7 @@ def as_rows(ids: bytes | memoryview | np.ndarray) -> np.ndarray:
 class IdIndex:
     """A set of 16-byte IDs answering batch membership with numpy."""
 
-    __slots__ = ("hi", "lo", "state", "mask", "used", "live")
+    __slots__ = ("hi", "live", "lo", "mask", "state", "used")
 
     def __init__(self, capacity: int = _MIN_CAPACITY) -> None:
         size = _MIN_CAPACITY
@@ -51,7 +51,8 @@ class IdIndex:
             x = (keys[:, 0] * _K1) ^ keys[:, 1]
             x *= _K2
             x ^= x >> np.uint64(32)
-        return x & self.mask
+        home: np.ndarray = x & self.mask
+        return home
 
     def _find(self, keys: np.ndarray) -> np.ndarray:
         """The slot holding each key, or -1."""

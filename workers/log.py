@@ -23,9 +23,10 @@ import re
 import stat
 import struct
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, NamedTuple, Sequence
+from typing import Literal, NamedTuple
 
 import crc32c
 import numpy as np
@@ -224,7 +225,7 @@ def _valid_after(data: memoryview, bad: int, last: int | None, base: int) -> int
 
     if len(data) - bad >= RECORD_HEAD.size:
         (length,) = struct.unpack_from("<I", data, bad)
-        nxt = bad + RECORD_HEAD.size + length
+        nxt: int = bad + RECORD_HEAD.size + length
         if MIN_BODY <= length <= MAX_BODY and nxt < len(data) and valid(nxt):
             return nxt
     floor = last if last is not None else base - 1

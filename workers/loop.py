@@ -12,14 +12,13 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from itertools import compress, groupby
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Callable
-
+from typing import Any
 
 from pydbms_shard import protocol, snapshot
-from pydbms_shard.errors import LogError
 from pydbms_shard.codec import (
     Raw,
     decode_any,
@@ -32,6 +31,7 @@ from pydbms_shard.codec import (
     gc_paused,
     unpack_id_rows,
 )
+from pydbms_shard.errors import LogError
 from pydbms_shard.routing import shards_of_joined
 
 from . import log as wal
@@ -53,7 +53,7 @@ class ShardWorker:
         self.shard, self.shards = shard, shards
         self.events = events  # where the snapshot writer reports: [file path, ok, entry or error]
         self.partition = Partition()
-        self.scans: dict[int, tuple[list, int]] = {}
+        self.scans: dict[int, tuple[list[Any], int]] = {}
         self.writer: threading.Thread | None = None
         self.staged: Partition | None = None
         self.stopping = False
@@ -61,7 +61,7 @@ class ShardWorker:
         self.apply_faults = 0  # test hook (op_inject_fault "apply")
         self.claim: int | None = None  # the shared lock on the path's owner file (see snapshot.hold_as_worker)
         # the last write call, until the next one: (seq, log offset or None, how to revert it)
-        self.undo: tuple[int, int | None, Callable[[], None]] | None = None
+        self.undo: tuple[int, int | None, Callable[[], object]] | None = None
         # command -> (its handler, which arguments stay encoded), from the protocol's table
         self.handlers: dict[str, tuple[Callable[..., Any], tuple[bool, ...]]] = {
             name: (getattr(self, f"op_{name}"), protocol.raw_flags(name)) for name in protocol.COMMANDS
@@ -69,7 +69,7 @@ class ShardWorker:
 
     # ------------------------------------------------------------ writes
 
-    def op_write(self, seq: int, nonce: int, touched: list, message: Raw) -> Any:
+    def op_write(self, seq: int, nonce: int, touched: list[Any], message: Raw) -> Any:
         """One write call: log the message as it came (one record, durable as ``log_fsync``
         says), apply it, and keep how to undo it until the coordinator moves on, so a call
         that failed on another shard is rolled back here too."""
@@ -86,7 +86,7 @@ class ShardWorker:
         self.undo = (seq, offset, revert)
         return result
 
-    def _apply(self, partition: Partition, op: str, args: list, mine: Callable[[list], list] | None = None) -> tuple[Any, Callable[[], None]]:
+    def _apply(self, partition: Partition, op: str, args: list[Any], mine: Callable[[list[Any]], list[Any]] | None = None) -> tuple[Any, Callable[[], object]]:
         """Apply one write message's arguments; returns the reply and a function that undoes it.
         ``mine`` keeps only this shard's records (replaying a log written by another layout)."""
         if self.apply_faults and partition is self.partition:
@@ -132,18 +132,18 @@ class ShardWorker:
 
     # ------------------------------------------------------------ reads
 
-    def op_get(self, ids: Raw) -> list:
+    def op_get(self, ids: Raw) -> list[Any]:
         return self.partition.get(decode_bytes_list(ids))
 
     def op_contains(self, ids: Raw) -> bytes:
         return self.partition.contains_rows(as_rows(unpack_id_rows(ids))).tobytes()
 
-    def op_has(self, ids: Raw, names: Raw) -> list:
+    def op_has(self, ids: Raw, names: Raw) -> list[Any]:
         """[all IDs present here, one byte per name: 1 when some user here has it]."""
         present = self.partition.contains_rows(as_rows(unpack_id_rows(ids)))
         return [bool(present.all()), self.partition.names_present(decode_str_list(names))]
 
-    def op_find(self, ids: Raw, names: Raw) -> list:
+    def op_find(self, ids: Raw, names: Raw) -> list[Any]:
         hits, records = self.partition.find(decode_bytes_list(ids), decode_str_list(names))
         return [hits, records]
 
@@ -168,7 +168,7 @@ class ShardWorker:
         self.scans[token] = (cut, 0)
         return len(cut)
 
-    def op_scan_next(self, token: int, count: int) -> list:
+    def op_scan_next(self, token: int, count: int) -> list[Any]:
         cut, pos = self.scans.get(token, ([], 0))
         chunk = cut[pos : pos + count]
         if pos + count >= len(cut):
@@ -182,7 +182,7 @@ class ShardWorker:
 
     # ------------------------------------------------------------ snapshots
 
-    def op_snap_begin(self, path: str, level: int, mode: int, rotate: list | None = None, staged: bool = False) -> int:
+    def op_snap_begin(self, path: str, level: int, mode: int, rotate: list[Any] | None = None, staged: bool = False) -> int:
         """Take the cut now and write it in a thread, so calls keep flowing meanwhile. With
         ``rotate`` the log moves on to a new segment at the cut: the snapshot covers the old
         ones. With ``staged`` the cut is of the staged partition (a load being checkpointed)."""
@@ -200,7 +200,7 @@ class ShardWorker:
         self.writer.start()
         return len(cut)
 
-    def _write(self, path: Path, cut: list, level: int, mode: int) -> None:
+    def _write(self, path: Path, cut: list[Any], level: int, mode: int) -> None:
         last = [time.monotonic()]
 
         def progress(done: int) -> None:  # at most twice a second: the coordinator's liveness check
@@ -216,7 +216,7 @@ class ShardWorker:
             result = [str(path), True, snapshot.write_shard_file(path, cut, self.shard, self.shards, level, mode, progress)]
         except OSError as exc:
             result = [str(path), False, f"{path}: cannot write ({snapshot.describe_os_error(exc)})"]
-        except Exception as exc:  # reported to the coordinator, which raises SnapshotError
+        except Exception as exc:  # noqa: BLE001 - reported to the coordinator, which raises SnapshotError
             result = [str(path), False, f"{path}: {type(exc).__name__}: {exc}"]
         del cut
         if self.events is not None:
@@ -225,12 +225,12 @@ class ShardWorker:
             except OSError:
                 pass  # the coordinator is gone
 
-    def op_load_stage(self, files: list, reroute: bool) -> int:
+    def op_load_stage(self, files: list[Any], reroute: bool) -> int:
         """Read and verify files into a staging partition; nothing changes until commit.
         With ``reroute`` (another shard count wrote them) every worker reads every file block
         by block and keeps only the users that route to it."""
         self.staged = None
-        records: list = []
+        records: list[Any] = []
         with gc_paused():
             for path, entry in files:
                 expect = snapshot.ManifestFile(**entry)
@@ -244,7 +244,7 @@ class ShardWorker:
             self.staged = Partition(records)
         return len(self.staged)
 
-    def op_replay(self, paths: list, filters: list, extents: list) -> int:
+    def op_replay(self, paths: list[Any], filters: list[Any], extents: list[Any]) -> int:
         """Replay logged write calls onto the staged partition, in sequence order.
         ``extents`` are ``[path index, start, end]``; a path whose ``filters`` entry is true was
         written by another shard layout, so only this shard's users are kept from it. Runs of
@@ -260,13 +260,13 @@ class ShardWorker:
                 self._apply(staged, decode_str(parts[0]), parts[1:], keep)
         return len(staged)
 
-    def _mine(self, records: list) -> list:
+    def _mine(self, records: list[Any]) -> list[Any]:
         if not records:
             return records
         keep = shards_of_joined(b"".join([r.id for r in records]), self.shards) == self.shard
         return list(compress(records, keep.tolist()))
 
-    def op_load_commit(self, log: list | None = None) -> int:
+    def op_load_commit(self, log: list[Any] | None = None) -> int:
         """Swap the staged partition in; with ``log``, append to the given log from now on."""
         if self.staged is None:
             raise RuntimeError("nothing staged to commit")
@@ -276,7 +276,7 @@ class ShardWorker:
             self._open_log(*log)
         return len(self.partition)
 
-    def _open_log(self, directory: str, manifest: str, chain: str, base: int, fsync: str, mode: int, append: list | None = None) -> None:
+    def _open_log(self, directory: str, manifest: str, chain: str, base: int, fsync: str, mode: int, append: list[Any] | None = None) -> None:
         """Start appending to a new segment at ``base`` (or to ``append`` = [file, offset]).
         The old writer is closed only once the new one exists: a failure keeps the old one."""
         if self.claim is None:
@@ -286,14 +286,14 @@ class ShardWorker:
             return  # nothing was logged since the last rotation: the current segment serves
         if append is not None:
             path = Path(directory) / append[0]
-            new = wal.SegmentWriter(path, chain=chain, base=base, shard=self.shard, shards=self.shards, fsync=fsync, mode=mode, append_at=append[1])  # type: ignore[arg-type]
+            new = wal.SegmentWriter(path, chain=chain, base=base, shard=self.shard, shards=self.shards, fsync=fsync, mode=mode, append_at=append[1])  # type: ignore[arg-type]  # fsync: a str off the wire; SegmentWriter rejects others
         else:
             path = Path(directory) / wal.segment_name(manifest, chain, base, self.shard, self.shards)
             if current is not None and current.failed is not None and current.path == path:
                 current.close(sync=False)  # it holds at most the record of the call that failed
                 path.unlink()
                 current = None
-            new = wal.SegmentWriter(path, chain=chain, base=base, shard=self.shard, shards=self.shards, fsync=fsync, mode=mode)  # type: ignore[arg-type]
+            new = wal.SegmentWriter(path, chain=chain, base=base, shard=self.shard, shards=self.shards, fsync=fsync, mode=mode)  # type: ignore[arg-type]  # as above
         self.log = new
         if current is not None:
             try:
@@ -353,7 +353,7 @@ class ShardWorker:
         except _Poisoned as exc:
             self.stopping = True  # reply, then exit: the coordinator rebuilds this shard
             return encode([False, "ShardPoisoned", str(exc), True])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any error is the caller's, sent back as the reply
             return encode([False, type(exc).__name__, str(exc)])
 
 

@@ -7,9 +7,10 @@ its one ID (``bytes``); only a name that repeats widens to a tuple of IDs, and p
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from itertools import compress, repeat
 from operator import attrgetter, is_not
-from typing import Iterable
+from typing import cast
 
 import numpy as np
 
@@ -25,7 +26,7 @@ IdGroup = bytes | tuple[bytes, ...] | set[bytes]
 
 
 def _group_ids(group: IdGroup) -> Iterable[bytes]:
-    return (group,) if type(group) is bytes else group
+    return (group,) if isinstance(group, bytes) else group
 
 
 class Partition:
@@ -62,9 +63,9 @@ class Partition:
         group = by_name.get(name)
         if group is None:
             by_name[name] = id_
-        elif type(group) is bytes:
+        elif isinstance(group, bytes):
             by_name[name] = (group, id_)
-        elif type(group) is tuple:
+        elif isinstance(group, tuple):
             by_name[name] = group + (id_,) if len(group) < _TUPLE_MAX else {*group, id_}
         else:
             group.add(id_)
@@ -73,10 +74,10 @@ class Partition:
         group = self.by_name.get(name)
         if group is None:
             return
-        if type(group) is bytes:
+        if isinstance(group, bytes):
             if group == id_:
                 del self.by_name[name]
-        elif type(group) is tuple:
+        elif isinstance(group, tuple):
             rest = tuple(x for x in group if x != id_)
             self.by_name[name] = rest[0] if len(rest) == 1 else rest
         else:
@@ -163,7 +164,7 @@ class Partition:
                 removed.append(record)
         for group in map(by_name.pop, names, repeat(None)):
             if group is not None:
-                if type(group) is bytes:
+                if isinstance(group, bytes):
                     removed.append(by_id.pop(group))
                 else:
                     for id_ in group:
@@ -200,16 +201,17 @@ class Partition:
         by_id = self.by_id
         found = list(map(by_id.get, ids))
         hits = list(compress(range(len(ids)), map(is_not, found, repeat(None))))
-        records = list(compress(found, map(is_not, found, repeat(None))))
+        # compress() keeps only the found ones (not None), which mypy cannot follow
+        records = cast("list[Record]", list(compress(found, map(is_not, found, repeat(None)))))
         if not names:
             return hits, records
-        groups = list(map(self.by_name.get, names))
-        present = list(map(is_not, groups, repeat(None)))
+        maybe_groups = list(map(self.by_name.get, names))
+        present = list(map(is_not, maybe_groups, repeat(None)))
         name_hits = list(compress(range(len(ids), len(ids) + len(names)), present))
-        groups = list(compress(groups, present))
+        groups = cast("list[IdGroup]", list(compress(maybe_groups, present)))  # the names present, as above
         if all(map(bytes.__instancecheck__, groups)):  # every name held by one user
             hits.extend(name_hits)
-            records.extend(map(by_id.__getitem__, groups))
+            records.extend(map(by_id.__getitem__, cast("list[bytes]", groups)))
             return hits, records
         for query, group in zip(name_hits, groups):
             for id_ in _group_ids(group):

@@ -29,8 +29,9 @@ import os
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..coordinator import DataBase
 from ..generate import generate_users
@@ -232,7 +233,7 @@ def run_durability(
             for mode in ("memory", "always") if r % 2 == 0 else ("always", "memory"):
                 batch_times[mode].append(time_batch_add(shards, mode, batches, dirs))
         del batches
-        batch = {
+        batch: dict[str, Any] = {
             "users_per_call": batch_users,
             "calls": batch_calls,
             "memory_seconds": batch_times["memory"],
@@ -274,11 +275,11 @@ def run_durability(
         opens: dict[str, list[float]] = {"log": [], "snapshot": [], "empty": []}
         for r in range(rounds):
             progress(f"durability: reopening after the log and after the snapshot, round {r + 1}/{rounds}")
-            order = [("log", logged), ("snapshot", saved)]
-            for name, path in order if r % 2 == 0 else order[::-1]:
+            recovery_order = [("log", logged), ("snapshot", saved)]
+            for name, path in recovery_order if r % 2 == 0 else recovery_order[::-1]:
                 opens[name].append(time_open(shards, path, recovery_users))
             opens["empty"].append(time_open(shards, None, 0))
-        recovery = {
+        recovery: dict[str, Any] = {
             "users": recovery_users,
             "log_bytes": log_bytes,
             "snapshot_bytes": snapshot_bytes,

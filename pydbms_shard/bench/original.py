@@ -10,16 +10,17 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from types import MappingProxyType
-from typing import Any, Iterable
+from typing import Any
 
 
 class OriginalUser:
     """The original's User: validated, read-only properties, equal and hashed by ID."""
 
-    __slots__ = ("_name", "_age", "_ID", "_extras")
+    __slots__ = ("_ID", "_age", "_extras", "_name")
 
-    def __init__(self, name: str, age: int, ID: uuid.UUID | None = None, extras: dict | None = None) -> None:
+    def __init__(self, name: str, age: int, ID: uuid.UUID | None = None, extras: dict[str, Any] | None = None) -> None:
         if not isinstance(name, str):
             raise TypeError("name must be a str")
         if not isinstance(age, int):

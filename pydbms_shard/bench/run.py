@@ -18,12 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..args import CommandError, OneLineParser, whole_number
-from .durability import QUICK_SINGLE_CALLS, SINGLE_CALLS, BATCH_USERS, format_durability, run_durability
+from .durability import BATCH_USERS, QUICK_SINGLE_CALLS, SINGLE_CALLS, format_durability, run_durability
 from .workload import (
     BATCH_ROWS,
     DEFAULT_SEED,
@@ -110,7 +110,7 @@ def machine_info() -> dict[str, Any]:
         "processor": _cpu_model() or platform.processor(),
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     try:
         import psutil
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "durability": durability,
         "elapsed_seconds": round(time.perf_counter() - started, 1),
     }
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     json_path = output / f"bench-{stamp}.json"
     chart_path = None if args.no_chart or not records else output / f"bench-{stamp}.png"
     doc["files"] = {"json": str(json_path), "chart": None if chart_path is None else str(chart_path)}

@@ -14,7 +14,8 @@ import os
 import shutil
 import sqlite3
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
@@ -32,7 +33,8 @@ _new_user = msgspec.StructMeta.__call__  # builds a User from trusted stored fie
 
 def _user_of_row(row: tuple[str, int, bytes, str | None]) -> User:
     name, age, raw_id, extras = row
-    return _new_user(User, name, age, uuid.UUID(bytes=raw_id), None if extras is None else json.loads(extras))
+    user: User = _new_user(User, name, age, uuid.UUID(bytes=raw_id), None if extras is None else json.loads(extras))
+    return user
 
 
 def _id_bytes(item: Any) -> bytes:
@@ -56,9 +58,10 @@ class SQLiteDataBase:
 
     @property
     def size(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM users").fetchone()[0]
+        count: int = self.conn.execute("SELECT count(*) FROM users").fetchone()[0]
+        return count
 
-    def _changes(self, sql: str, rows: Iterable[tuple]) -> int:
+    def _changes(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> int:
         before = self.conn.total_changes
         self.conn.execute("BEGIN")  # one transaction per batch
         try:

@@ -33,9 +33,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -139,16 +140,20 @@ class Engine:
         pass
 
     def add(self, db: Any, users: list[Any]) -> int:
-        return db.add_users(users)
+        result: int = db.add_users(users)
+        return result
 
     def search(self, db: Any, names: list[str]) -> list[Any]:
-        return db.search_users(names)
+        result: list[Any] = db.search_users(names)
+        return result
 
     def check(self, db: Any, ids: list[uuid.UUID]) -> bool:
-        return db.has_user(ids)
+        result: bool = db.has_user(ids)
+        return result
 
     def remove(self, db: Any, items: list[Any]) -> int:
-        return db.remove_users(items)
+        result: int = db.remove_users(items)
+        return result
 
     def save(self, db: Any, path: Path) -> None:
         raise NotImplementedError
@@ -160,7 +165,8 @@ class Engine:
         raise NotImplementedError
 
     def size(self, db: Any) -> int:
-        return db.size
+        result: int = db.size
+        return result
 
     def lookup(self, db: Any, uid: uuid.UUID) -> Any:
         """The stored user with this ID (None when missing): checks a load worked."""
@@ -480,7 +486,8 @@ def memory_in_child(engine: Engine, path: Path) -> dict[str, Any]:
     done = subprocess.run(args, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"memory measurement of {engine.label} failed: {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    memory: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return memory
 
 
 def _main(argv: list[str]) -> int:
