@@ -42,7 +42,7 @@ SIGNATURES = {
         "__init__": "(self, config: 'Config | str | os.PathLike[str] | None' = None, **overrides: 'Any') -> 'None'",
         "__contains__": "(self, id: 'object') -> 'bool'",
         "__enter__": "(self) -> 'DataBase'",
-        "__exit__": "(self, *exc: 'Any') -> 'None'",
+        "__exit__": "(self, *exc: 'object') -> 'None'",
         "__iter__": "(self) -> 'Iterator[User]'",
         "__len__": "(self) -> 'int'",
         "__repr__": "(self) -> 'str'",
