@@ -17,6 +17,7 @@ minus one; a record beyond that is a leftover of a call that failed and is ignor
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -244,7 +245,7 @@ def remove_obsolete_segments(manifest_path: Path) -> list[str]:
                 lanes.setdefault((name.shards, name.shard), []).append((path, name))
             for lane in lanes.values():
                 lane.sort(key=lambda item: item[1].base)
-                for (path, _), (_, after) in zip(lane, lane[1:]):
+                for (path, _), (_, after) in itertools.pairwise(lane):
                     if after.base - 1 <= covered:
                         doomed.append(path)
         for path in doomed:

@@ -345,8 +345,10 @@ def format_durability(result: dict[str, Any]) -> str:
         lines.append(f"{label:<44}{rate:>12}{m['call_median_us']:>14.1f}{m['call_p99_us']:>12.1f}")
     lines += [
         "",
-        f"opening: from the DataBase() call, worker start included, to the first call's return; an empty "
-        f"in-memory open takes {r['empty_open_median']:.4f} s of that",
+        (
+            f"opening: from the DataBase() call, worker start included, to the first call's return; an empty "
+            f"in-memory open takes {r['empty_open_median']:.4f} s of that"
+        ),
         f"on disk: log {r['log_bytes']:,} bytes, snapshot {r['snapshot_bytes']:,} bytes for {r['users']:,} users",
     ]
     return "\n".join(lines)

@@ -138,7 +138,7 @@ def _cpu_model() -> str | None:
 def _git_commit() -> str | None:
     try:
         done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"], check=False, cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -244,10 +244,14 @@ def format_report(doc: dict[str, Any]) -> str:
     settings, records = doc["settings"], doc["engines"]
     machine = doc["machine"]
     out = [
-        f"pydbms-shard benchmark: {settings['users']:,} users, batches of {settings['batch']:,}, "
-        f"{settings['iterations']} iteration(s), seed {settings['seed']}",
-        f"machine: {machine['cpu_count']} CPUs ({machine.get('processor') or '?'}), {machine['platform']}, "
-        f"Python {machine['python']}, {machine['date']}",
+        (
+            f"pydbms-shard benchmark: {settings['users']:,} users, batches of {settings['batch']:,}, "
+            f"{settings['iterations']} iteration(s), seed {settings['seed']}"
+        ),
+        (
+            f"machine: {machine['cpu_count']} CPUs ({machine.get('processor') or '?'}), {machine['platform']}, "
+            f"Python {machine['python']}, {machine['date']}"
+        ),
     ]
     if records:
         out += ["ratio column: engine Avg / reference (a) Avg (below 1.00x is faster than the original's design)", ""]
