@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import Any, Concatenate, NoReturn, ParamSpec, Self, TypeVar
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import msgspec
 import numpy as np
@@ -245,7 +245,7 @@ class DataBase:
 
     # ------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> DataBase:  # noqa: PYI034 - the public signature is pinned (tests/test_public_api.py)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple, Self
+from typing import Literal, NamedTuple
 
 import crc32c
 import numpy as np
@@ -555,7 +555,7 @@ class SegmentWriter:
                 os.close(self._fd)
                 self._fd = -1
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> SegmentWriter:  # noqa: PYI034 - kept as DataBase.__enter__ is
         return self
 
     def __exit__(self, *exc: object) -> None:
