@@ -45,7 +45,7 @@ class AutoSaver:
                     self.last_error = None
             except ScheduleEnded:
                 return
-            except Exception as exc:  # noqa: BLE001 - logged and counted; the next tick retries
+            except Exception as exc:
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("autosave to %s failed: %s", self.path, self.last_error)

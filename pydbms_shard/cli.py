@@ -163,7 +163,9 @@ def cmd_info(args: argparse.Namespace, progress: _Progress) -> int:
         _emit_json(facts)
         return EXIT_OK
     if m.log_chain:
-        rows.append(("log", f"chain {m.log_chain}: {len(segments)} segment(s), {log_bytes:,} bytes; the snapshot holds calls up to {m.log_seq:,}"))
+        rows.append(
+            ("log", f"chain {m.log_chain}: {len(segments)} segment(s), {log_bytes:,} bytes; the snapshot holds calls up to {m.log_seq:,}")
+        )
     for key, value in rows:
         print(f"{key:<12}{value}")
     print()
@@ -343,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "text"], default="jsonl")
     p.set_defaults(run=cmd_convert)
 
-    p = command("import", "JSON lines or an original pyDBMS save file into the snapshot at PATH (added to it if it exists)", engine=True, json=True)
+    p = command(
+        "import", "JSON lines or an original pyDBMS save file into the snapshot at PATH (added to it if it exists)", engine=True, json=True
+    )
     p.add_argument("src", metavar="SRC")
     p.add_argument("path", metavar="PATH")
     p.set_defaults(run=cmd_import)
@@ -365,7 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH")
     p.set_defaults(run=cmd_repair)
 
-    p = command("shell", "an interactive shell on the snapshot at PATH (recovered, and logged as it changes) or, without PATH, on an in-memory database; fed by a pipe, it runs the commands and exits with the code of the first that failed", engine=True)
+    p = command(
+        "shell",
+        "an interactive shell on the snapshot at PATH (recovered, and logged as it changes) or, without PATH, on an in-memory database; fed by a pipe, it runs the commands and exits with the code of the first that failed",
+        engine=True,
+    )
     p.add_argument("path", nargs="?", metavar="PATH")
     p.set_defaults(run=cmd_shell)
 

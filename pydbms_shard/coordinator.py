@@ -245,7 +245,7 @@ class DataBase:
 
     # ------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> DataBase:  # noqa: PYI034 - the public signature is pinned (tests/test_public_api.py)
+    def __enter__(self) -> DataBase:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -397,7 +397,9 @@ class DataBase:
         under one sequence number; if any part fails, the parts that succeeded are undone
         (memory and log), so the call changes nothing. Then ``apply(reply)`` per shard."""
         if self._read_only is not None:
-            raise ReadOnlyError(f"this DataBase refuses writes since {self._read_only}; fix the cause, then save() to make it writable again")
+            raise ReadOnlyError(
+                f"this DataBase refuses writes since {self._read_only}; fix the cause, then save() to make it writable again"
+            )
         seq, nonce = self._seq + 1, secrets.randbits(32)
         touched = [s for s, m in enumerate(messages) if m is not None]
         envelopes = [None if m is None else write_request(seq, nonce, touched, m) for m in messages]
@@ -470,7 +472,7 @@ class DataBase:
                 return  # closed, or a save meanwhile already checkpointed
             try:
                 db.save()
-            except Exception as exc:  # noqa: BLE001 - logged; the next write past the threshold tries again
+            except Exception as exc:
                 log.warning("automatic checkpoint of %s failed: %s", db._path, exc)
 
         self._checkpointer = threading.Thread(target=run, name="pydbms-checkpoint", daemon=True)
@@ -754,7 +756,9 @@ class DataBase:
                 self._dirty = max(0, self._dirty - changes_in_cut)
         return manifest
 
-    def _write_snapshot(self, path: Path, rotate: bool = False, staged: bool = False, chain: str | None = None) -> tuple[snapshot.Manifest, int]:
+    def _write_snapshot(
+        self, path: Path, rotate: bool = False, staged: bool = False, chain: str | None = None
+    ) -> tuple[snapshot.Manifest, int]:
         """Cut, write and commit one snapshot at ``path`` (the caller holds the path's writer
         lock and ``_save_lock``). ``rotate``: a checkpoint of the log in this chain. ``staged``:
         write the shards' staged partitions (a load or a recovery being checkpointed) under a
@@ -818,7 +822,9 @@ class DataBase:
         except OSError as exc:
             log.warning("%s: checkpoint committed, but removing old log segments failed (%s)", path, snapshot.describe_os_error(exc))
 
-    def _wait_for_writers(self, path: Path, names: list[Path], pending: dict[int, ShardHandle], failures: list[str]) -> list[snapshot.ManifestFile]:
+    def _wait_for_writers(
+        self, path: Path, names: list[Path], pending: dict[int, ShardHandle], failures: list[str]
+    ) -> list[snapshot.ManifestFile]:
         """Wait, without the DataBase lock, until every shard's writer has reported (also after
         one failed, so none still creates files at clean-up). A writer silent for longer than
         ``call_timeout`` is stopped (its worker is killed and rebuilt by the next call)."""
@@ -976,7 +982,11 @@ class DataBase:
                 recovery.drop_tails(plan)
                 self._chain = chain
                 specs = [self._append_spec(plan, s) for s in range(n)]
-                self._commit_results(exchange(self._shards, [request("load_commit", specs[s]) for s in range(n)], return_exceptions=True, timeout=self._timeout))
+                self._commit_results(
+                    exchange(
+                        self._shards, [request("load_commit", specs[s]) for s in range(n)], return_exceptions=True, timeout=self._timeout
+                    )
+                )
                 self._set_checkpoint_threshold(manifest)
                 self._log_bytes = plan.replayed_bytes  # the log already holds these
             self._dirty = 0
@@ -1013,14 +1023,14 @@ class DataBase:
         for _attempt in range(2):  # a save may rotate the files away while they are read: once more
             try:
                 handle = ShardHandle(index, n, self.config.start_method)
-            except Exception as exc:  # noqa: BLE001 - no process to be had (fork failed, out of descriptors)
+            except Exception as exc:
                 problem = exc
                 continue
             self._shards[index] = handle
             try:
                 self._rebuild(index)
                 return
-            except Exception as exc:  # noqa: BLE001 - any failure to rebuild: try the next attempt
+            except Exception as exc:
                 problem = exc
                 handle.stop(patience=0.5)
         self._lost[index] = f"its worker died ({why}) and it could not be rebuilt: {problem}"

@@ -62,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     marker.touch()
     shards = Config(shards=args.shards).shard_count
 
-    print(f"pydbms-shard demo: {args.users:,} users, {shards} shard processes, {args.iterations} iterations "
-          f"({os.cpu_count()} CPUs here); files go to {out}", flush=True)
+    print(
+        f"pydbms-shard demo: {args.users:,} users, {shards} shard processes, {args.iterations} iterations "
+        f"({os.cpu_count()} CPUs here); files go to {out}",
+        flush=True,
+    )
     started = time.perf_counter()
     say(f"generating {args.users:,} users")
     workload = Workload(args.users)
@@ -96,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         db.stop_autosave()
         auto = db.stats()["autosave"]
         stats = db.stats()
-    print(f"autosave  {auto['saves']} saves in {args.autosave_seconds:.0f} s at a 1 s interval while adding "
-          f"{batch * 1000:,} users; {auto['failures']} failures -> {autosave}")
+    print(
+        f"autosave  {auto['saves']} saves in {args.autosave_seconds:.0f} s at a 1 s interval while adding "
+        f"{batch * 1000:,} users; {auto['failures']} failures -> {autosave}"
+    )
     per_shard = ", ".join(f"shard {s['shard']}: {s['users']:,} users (pid {s['pid']})" for s in stats["shards"])
     print(f"shards    {per_shard}")
 

@@ -144,7 +144,7 @@ def read_user_lines(src: str | os.PathLike[str], progress: Progress | None = Non
     src = Path(src)
     users: list[User] = []
     try:
-        f = open(src, "rb")  # noqa: SIM115 - closed by `with f:` below, after the open's own errors
+        f = open(src, "rb")
     except OSError as exc:
         raise ImportFileError(f"{src}: cannot read ({snapshot.describe_os_error(exc)})") from None
     with f:

@@ -187,7 +187,10 @@ def drop_tails(result: Plan) -> None:
     if result.dropped:
         log.warning(
             "%d logged call(s) after call %d were not replayed: call %d was not logged by every shard it touched "
-            "(with log_fsync: always such a call never returned)", result.dropped, result.last, result.last + 1
+            "(with log_fsync: always such a call never returned)",
+            result.dropped,
+            result.last,
+            result.last + 1,
         )
 
 

@@ -169,13 +169,17 @@ class ShardHandle:
         """The decoded reply parts ``[ok, ...]``. Past ``deadline`` (a ``time.monotonic()``
         value) the worker is killed and ShardError says it timed out."""
         try:
-            while not self.conn.poll(_LIVENESS_POLL_SECONDS if deadline is None else max(0.0, min(_LIVENESS_POLL_SECONDS, deadline - time.monotonic()))):
+            while not self.conn.poll(
+                _LIVENESS_POLL_SECONDS if deadline is None else max(0.0, min(_LIVENESS_POLL_SECONDS, deadline - time.monotonic()))
+            ):
                 if not self.process.is_alive():
                     raise self._died("died")
                 if deadline is not None and time.monotonic() >= deadline:
                     self.timed_out = True
                     self.kill(f"worker process {self.pid} did not answer in time and was killed")
-                    raise ShardError(self.index, f"timed out: worker process {self.pid} did not answer within the call_timeout, so it was killed")
+                    raise ShardError(
+                        self.index, f"timed out: worker process {self.pid} did not answer within the call_timeout, so it was killed"
+                    )
         except (EOFError, OSError):
             raise self._died("died") from None
         try:

@@ -446,10 +446,12 @@ def read_shard_file(path: Path, expect: ManifestFile | None = None) -> list[Reco
     return records
 
 
-def iter_shard_file(path: Path, expect: ManifestFile | None = None, decode: Callable[[Any], list[Any]] = decode_records) -> Iterator[list[Any]]:
+def iter_shard_file(
+    path: Path, expect: ManifestFile | None = None, decode: Callable[[Any], list[Any]] = decode_records
+) -> Iterator[list[Any]]:
     """Verify a shard file, then stream its records block by block (bounded memory)."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed by `with f:` below, after the open's own errors
+        f = open(path, "rb")
     except FileNotFoundError:
         raise SnapshotError(f"{path}: missing") from None
     except OSError as exc:
@@ -620,9 +622,7 @@ def _check_layout(path: Path, entry: ManifestFile, shards: int) -> None:
         raise SnapshotError(f"{path}: written by a {written_for}-shard save, the manifest says {shards} shards")
 
 
-def build_manifest(
-    generation: int, shards: int, files: list[ManifestFile], log_chain: str | None = None, log_seq: int = 0
-) -> Manifest:
+def build_manifest(generation: int, shards: int, files: list[ManifestFile], log_chain: str | None = None, log_seq: int = 0) -> Manifest:
     now = time.time()
     created = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     files = sorted(files, key=lambda f: f.shard)

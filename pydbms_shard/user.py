@@ -51,9 +51,7 @@ def check_name(name: Any) -> str:
         raise PydbmsValueError(f"User.name must not be empty, got {name!r}")
     _check_text(name, "User.name")
     if len(name) > MAX_NAME_LENGTH:
-        raise PydbmsValueError(
-            f"User.name must be at most {MAX_NAME_LENGTH} characters, got {len(name)}: {_short(name)}"
-        )
+        raise PydbmsValueError(f"User.name must be at most {MAX_NAME_LENGTH} characters, got {len(name)}: {_short(name)}")
     return checked
 
 
@@ -110,8 +108,7 @@ def _copy_json(value: Any, path: str, depth: int) -> Any:
     if isinstance(value, (list, tuple)):
         return [_copy_json(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
     raise PydbmsTypeError(
-        f"{path} must hold only str, int, float, bool, None, lists and mappings; "
-        f"got {type(value).__name__}: {_short(value)}"
+        f"{path} must hold only str, int, float, bool, None, lists and mappings; got {type(value).__name__}: {_short(value)}"
     )
 
 
@@ -123,9 +120,7 @@ def check_extras(extras: Any) -> dict[str, Any] | None:
         raise PydbmsTypeError(f"User.extras must be a mapping or None, got {type(extras).__name__}: {_short(extras)}")
     copied = _copy_json(extras, "User.extras", 0)
     if copied and len(encoded := msgspec.msgpack.encode(copied)) > MAX_EXTRAS_BYTES:
-        raise PydbmsValueError(
-            f"User.extras must encode to at most {MAX_EXTRAS_BYTES} bytes (64 KiB) of msgpack, got {len(encoded)}"
-        )
+        raise PydbmsValueError(f"User.extras must encode to at most {MAX_EXTRAS_BYTES} bytes (64 KiB) of msgpack, got {len(encoded)}")
     return copied or None
 
 
@@ -148,9 +143,7 @@ def _thaw(value: Any) -> Any:
 class _UserMeta(msgspec.StructMeta):
     """Validates on construction by people; msgspec's decoder bypasses it."""
 
-    def __call__(
-        cls, name: str, age: int, ID: uuid.UUID | str | bytes | None = None, extras: Mapping[str, Any] | None = None
-    ) -> User:
+    def __call__(cls, name: str, age: int, ID: uuid.UUID | str | bytes | None = None, extras: Mapping[str, Any] | None = None) -> User:
         name = check_name(name)
         age = check_age(age)
         ID = uuid.uuid4() if ID is None else check_id(ID)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from crash_model import apply_to_db, calls, round_settings  # noqa: E402
+from crash_model import apply_to_db, calls, round_settings
 
-from pydbms_shard import DataBase  # noqa: E402
+from pydbms_shard import DataBase
 
 
 def main(argv: list[str]) -> None:

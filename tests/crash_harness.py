@@ -34,9 +34,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from crash_model import fingerprint_users, model_after, prefix_fingerprints, round_settings, state_of, user_hash, record_of  # noqa: E402
+from crash_model import fingerprint_users, model_after, prefix_fingerprints, record_of, round_settings, state_of, user_hash
 
-from pydbms_shard import DataBase, User  # noqa: E402
+from pydbms_shard import DataBase, User
 
 CHILD = Path(__file__).resolve().parent / "crash_child.py"
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def _group_alive(pgid: int) -> list[int]:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()
+        fields = stat[stat.rfind(")") + 2 :].split()
         if int(fields[2]) == pgid and fields[0] != "Z":
             alive.append(int(entry))
     return alive
@@ -155,8 +155,15 @@ def run_round(
     directory.mkdir(parents=True)
     path = directory / "db.json"
     result: dict[str, Any] = {
-        "seed": seed, "fsync": fsync, "shards": shards, "settings": round_settings(seed), "lives": [],
-        "reshard": reshard, "check_writable": check_writable, "problems": [], "dir": str(directory),
+        "seed": seed,
+        "fsync": fsync,
+        "shards": shards,
+        "settings": round_settings(seed),
+        "lives": [],
+        "reshard": reshard,
+        "check_writable": check_writable,
+        "problems": [],
+        "dir": str(directory),
     }
     started = time.monotonic()
     recovered = 0
@@ -171,7 +178,11 @@ def run_round(
             with open(out_path, "w") as out, open(err_path, "w") as err:
                 child = subprocess.Popen(
                     [sys.executable, str(CHILD), str(directory), str(seed), fsync, str(shards), str(recovered)],
-                    stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT,
+                    stdout=out,
+                    stderr=err,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    cwd=ROOT,
                 )
             try:
                 if kind == "running":  # wait for the child to have opened the database first
@@ -190,7 +201,9 @@ def run_round(
             acked = recovered if printed is None else printed
             info.update(ready=ready, acked=acked, acked_here=acked - recovered)
             if died is not None:
-                result["problems"].append(f"life {life}: the child exited by itself (code {died}) before the kill; stderr:\n{_tail(err_path)}")
+                result["problems"].append(
+                    f"life {life}: the child exited by itself (code {died}) before the kill; stderr:\n{_tail(err_path)}"
+                )
                 break
             lower = acked if fsync == "always" else 0
             upper = acked + 1
@@ -208,8 +221,9 @@ def run_round(
                 if matches:
                     what = f"the state after prefix {matches} of the calls, outside the bounds [{lower}, {upper}]"
                 else:
-                    what = (f"no prefix of the calls (0..{upper + LOOKAHEAD}); "
-                            + "; ".join(_diff(seed, state, n) for n in sorted({max(0, acked - 1), acked, acked + 1})))
+                    what = f"no prefix of the calls (0..{upper + LOOKAHEAD}); " + "; ".join(
+                        _diff(seed, state, n) for n in sorted({max(0, acked - 1), acked, acked + 1})
+                    )
                 result["problems"].append(f"life {life}: acked {acked}, recovered {count} users: {what}")
                 info["recovered"] = max(matches) if matches else None
                 break
@@ -224,8 +238,8 @@ def run_round(
                 break
             if (fp2, count2) != (fp, count):
                 result["problems"].append(
-                    f"life {life}: the second reopen differs from the first: {count2} users vs {count}; "
-                    + _diff(seed, state2, recovered))
+                    f"life {life}: the second reopen differs from the first: {count2} users vs {count}; " + _diff(seed, state2, recovered)
+                )
                 break
             if last_life and check_writable:
                 user = User("after-crash", 42, ID=uuid.UUID(int=random.Random(f"w-{seed}").getrandbits(128), version=4))
@@ -243,7 +257,8 @@ def run_round(
                 if (fp3, count3) != want or got is None or record_of(got) != record_of(user):
                     result["problems"].append(
                         f"life {life}: after adding one user and reopening: {count3} users (want {count + 1}), "
-                        f"get() -> {got!r}, fingerprint {'ok' if fp3 == want[0] else 'differs'}")
+                        f"get() -> {got!r}, fingerprint {'ok' if fp3 == want[0] else 'differs'}"
+                    )
                     break
                 info["writable"] = True
     except Exception:
@@ -254,8 +269,10 @@ def run_round(
 
 
 def describe(result: dict[str, Any]) -> str:
-    lines = [f"seed={result['seed']} fsync={result['fsync']} shards={result['shards']} settings={result['settings']} "
-             f"reshard={result['reshard']} check_writable={result['check_writable']} dir={result['dir']}"]
+    lines = [
+        f"seed={result['seed']} fsync={result['fsync']} shards={result['shards']} settings={result['settings']} "
+        f"reshard={result['reshard']} check_writable={result['check_writable']} dir={result['dir']}"
+    ]
     for info in result["lives"]:
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in info.items()))
     lines.extend("  PROBLEM: " + p for p in result["problems"])
@@ -274,16 +291,20 @@ def summary(results: list[dict[str, Any]]) -> str:
         if not chosen:
             continue
         lives = [i for r in chosen for i in r["lives"] if i.get("recovered") is not None and "acked" in i]
-        rows.append((
-            mode, str(len(chosen)), str(sum(len(r["lives"]) for r in chosen)),
-            str(sum(1 for r in chosen for i in r["lives"] if "acked" in i and i["acked_here"] == 0)),
-            str(sum(i["acked_here"] for i in lives)),
-            str(sum(i["recovered"] - i["start"] for i in lives)),
-            str(sum(1 for i in lives if i["recovered"] >= i["acked"])),
-            str(sum(1 for i in lives if i["recovered"] == i["acked"] + 1)),
-            str(sum(1 for i in lives if i["recovered"] < i["acked"])),
-            str(sum(1 for r in chosen if not r["ok"])),
-        ))
+        rows.append(
+            (
+                mode,
+                str(len(chosen)),
+                str(sum(len(r["lives"]) for r in chosen)),
+                str(sum(1 for r in chosen for i in r["lives"] if "acked" in i and i["acked_here"] == 0)),
+                str(sum(i["acked_here"] for i in lives)),
+                str(sum(i["recovered"] - i["start"] for i in lives)),
+                str(sum(1 for i in lives if i["recovered"] >= i["acked"])),
+                str(sum(1 for i in lives if i["recovered"] == i["acked"] + 1)),
+                str(sum(1 for i in lives if i["recovered"] < i["acked"])),
+                str(sum(1 for r in chosen if not r["ok"])),
+            )
+        )
     widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
     text = "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)
     return text + (
@@ -298,11 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/crash-test",
         description="SIGKILL a process writing to a pydbms-shard DataBase at random moments and check that "
-                    "reopening recovers exactly a prefix of its write calls (every acknowledged one with log_fsync: always).",
+        "reopening recovers exactly a prefix of its write calls (every acknowledged one with log_fsync: always).",
     )
     parser.add_argument("rounds", nargs="?", type=int, default=50, help="how many rounds (default 50)")
     parser.add_argument("--seed", type=int, default=None, help="the first round's seed (default: random); round k uses seed+k")
-    parser.add_argument("--fsync", choices=FSYNC_MODES, default=None, help="only this log_fsync mode (default: half always, a quarter each of the others)")
+    parser.add_argument(
+        "--fsync", choices=FSYNC_MODES, default=None, help="only this log_fsync mode (default: half always, a quarter each of the others)"
+    )
     parser.add_argument("--shards", type=int, default=None, help="only this shard count (default: mostly 2, sometimes 3)")
     parser.add_argument("--keep", action="store_true", help="keep every round's directory (failed rounds' are always kept)")
     parser.add_argument("--workdir", default=None, help="where rounds run (default: a new temporary directory)")
@@ -324,8 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         last = result["lives"][-1] if result["lives"] else {}
         status = "ok" if result["ok"] else "VIOLATION"
-        print(f"[{k + 1}/{args.rounds}] seed={seed} fsync={fsync} shards={shards} lives={len(result['lives'])} "
-              f"acked={last.get('acked')} recovered={last.get('recovered')} {result['elapsed']}s {status}", flush=True)
+        print(
+            f"[{k + 1}/{args.rounds}] seed={seed} fsync={fsync} shards={shards} lives={len(result['lives'])} "
+            f"acked={last.get('acked')} recovered={last.get('recovered')} {result['elapsed']}s {status}",
+            flush=True,
+        )
         if not result["ok"]:
             print(describe(result), flush=True)
         elif not args.keep:

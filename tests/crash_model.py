@@ -70,8 +70,11 @@ class _Gen:
     def _extras(self) -> dict | None:
         rng = self.rng
         if rng.random() < 0.05:
-            return {"n": rng.randint(-5, 5000), "tags": [rng.choice("abc") for _ in range(rng.randint(0, 3))],
-                    "nested": {"ok": rng.random() < 0.5}}
+            return {
+                "n": rng.randint(-5, 5000),
+                "tags": [rng.choice("abc") for _ in range(rng.randint(0, 3))],
+                "nested": {"ok": rng.random() < 0.5},
+            }
         return None
 
     def _remember(self, user: User) -> User:

@@ -15,17 +15,15 @@ import pytest
 
 from pydbms_shard import User, generate_users
 from pydbms_shard.bench import durability, run, workload
-from pydbms_shard.snapshot import read_manifest
 from pydbms_shard.bench.sqlite_ref import SQLiteDataBase
+from pydbms_shard.snapshot import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
 def test_main_writes_json_and_chart(tmp_path, capsys):
-    code = run.main(
-        ["--users", "2000", "--iterations", "1", "--shards", "1,2", "--output", str(tmp_path), "--quiet", "--no-durability"]
-    )
+    code = run.main(["--users", "2000", "--iterations", "1", "--shards", "1,2", "--output", str(tmp_path), "--quiet", "--no-durability"])
     assert code == 0
     [json_path] = tmp_path.glob("bench-*.json")
     [png_path] = tmp_path.glob("bench-*.png")
@@ -57,9 +55,7 @@ def test_durability_only_at_a_tiny_size(tmp_path, capsys, monkeypatch):
     JSON and of the printed table (never the timings, which depend on the machine). Workers
     start by fork here, only to keep the test fast (about a dozen DataBases open)."""
     monkeypatch.setattr(durability, "OPEN_OPTIONS", {"start_method": "fork"})
-    code = run.main(
-        ["--durability-only", "--users", "2000", "--iterations", "1", "--output", str(tmp_path), "--quiet"]
-    )
+    code = run.main(["--durability-only", "--users", "2000", "--iterations", "1", "--output", str(tmp_path), "--quiet"])
     assert code == 0
     [json_path] = tmp_path.glob("bench-*.json")
     assert not list(tmp_path.glob("bench-*.png")) and not list(tmp_path.glob("pydbms-bench-*"))
@@ -102,9 +98,7 @@ def test_durability_log_holds_every_user(tmp_path, monkeypatch):
 def test_references_answer_like_our_engine(tmp_path):
     wl = workload.Workload(1000, seed=7)
     engines = [workload.make_engine("original"), workload.make_engine("sqlite"), workload.make_engine("ours", 2)]
-    answers = [
-        workload.run_engine(e, wl, 2, tmp_path, measure_memory=False, time_gets=False).answers for e in engines
-    ]
+    answers = [workload.run_engine(e, wl, 2, tmp_path, measure_memory=False, time_gets=False).answers for e in engines]
     assert answers[0] == answers[1] == answers[2]
     first = answers[0][0]
     assert first["added"] == 100 and first["check"] is True and first["loaded"] == 1000

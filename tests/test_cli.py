@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import struct
-import termios
-import fcntl
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -201,7 +201,21 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
 
 
 def test_bench_subcommand_runs_the_benchmark(tmp_path: Path) -> None:
-    result = run("bench", "--users", "300", "--iterations", "1", "--shards", "1", "--no-chart", "--no-durability", "--quiet", "--output", str(tmp_path), cwd=tmp_path)
+    result = run(
+        "bench",
+        "--users",
+        "300",
+        "--iterations",
+        "1",
+        "--shards",
+        "1",
+        "--no-chart",
+        "--no-durability",
+        "--quiet",
+        "--output",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert result.returncode == EXIT_OK, result.stderr
     assert "reference (a)" in result.stdout and "Check Users by ID" in result.stdout
     assert list(tmp_path.glob("bench-*.json"))

@@ -17,8 +17,9 @@ recovery works into another shard count ("reshard"). scripts/crash-test runs man
 from __future__ import annotations
 
 import pytest
-
 from crash_harness import describe, rerun_command, run_round
+
+pytestmark = pytest.mark.crash
 
 # seed, log_fsync, shards, lives, reshard, check_writable, kills (None: chosen from the seed)
 ROUNDS = [
@@ -52,7 +53,5 @@ ROUNDS = [
     ids=[f"{r[1]}-{r[2]}shards-seed{r[0]}" for r in ROUNDS],
 )
 def test_sigkill_recovers_a_prefix_of_the_calls(tmp_path, seed, fsync, shards, lives, reshard, check_writable, kills):
-    result = run_round(
-        tmp_path, seed, fsync, shards, lives=lives, reshard=reshard, check_writable=check_writable, kills=kills
-    )
+    result = run_round(tmp_path, seed, fsync, shards, lives=lives, reshard=reshard, check_writable=check_writable, kills=kills)
     assert result["ok"], f"{describe(result)}\nre-run with more rounds of this seed: {rerun_command(result)}"

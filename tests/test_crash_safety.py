@@ -27,6 +27,8 @@ import pytest
 from pydbms_shard import DataBase
 from pydbms_shard.snapshot import verify_snapshot
 
+pytestmark = pytest.mark.crash
+
 CHILD = r"""
 import sys
 from pathlib import Path

@@ -15,7 +15,16 @@ def test_demo_runs_the_workload_and_leaves_its_files(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["--users", "2000", "--iterations", "1", "--shards", "2", "--output", str(out), "--autosave-seconds", "1", "--quiet"]) == 0
     printed = capsys.readouterr().out
-    for row in ("Add Users", "Search Users by Name", "Check Users by ID", "Remove Users by ID", "Remove Users by Name", "Save Database", "Backup Database", "Load Database"):
+    for row in (
+        "Add Users",
+        "Search Users by Name",
+        "Check Users by ID",
+        "Remove Users by ID",
+        "Remove Users by Name",
+        "Save Database",
+        "Backup Database",
+        "Load Database",
+    ):
         assert row in printed
     snap = out / "ours-2" / "users_db.json"
     with DataBase(shards=1, start_method="fork") as db:

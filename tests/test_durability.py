@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from pydbms_shard.workers import log as wal
 
 from pydbms_shard import DataBase, User, generate_users
 from pydbms_shard.codec import encode
@@ -28,7 +29,6 @@ from pydbms_shard.errors import (
     SnapshotError,
 )
 from pydbms_shard.shards import exchange
-from pydbms_shard.workers import log as wal
 
 
 def _state(db: DataBase) -> dict[uuid.UUID, tuple[str, int]]:
@@ -52,6 +52,7 @@ def _segments(path: Path) -> list[Path]:
 # ---------------------------------------------------------------- recovery on open
 
 
+@pytest.mark.crash
 def test_acknowledged_writes_survive_sigkill_of_the_whole_program(tmp_path):
     """Save 1,000 users, add 5,000 more, SIGKILL the program and its workers: all 6,000 come back."""
     path = tmp_path / "db.json"
@@ -173,7 +174,9 @@ def test_damage_refuses_to_open_changes_nothing_and_repair_recovers_the_prefix(t
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
     verify = subprocess.run([sys.executable, "-m", "pydbms_shard", "verify", str(path)], capture_output=True, text=True, timeout=60)
     assert verify.returncode == 1 and "damaged log" in verify.stderr
-    opened = subprocess.run([sys.executable, "-m", "pydbms_shard", "get", str(path), str(users[0].ID)], capture_output=True, text=True, timeout=60)
+    opened = subprocess.run(
+        [sys.executable, "-m", "pydbms_shard", "get", str(path), str(users[0].ID)], capture_output=True, text=True, timeout=60
+    )
     assert opened.returncode == 4 and "repair" in opened.stderr and len(opened.stderr.strip().splitlines()) == 1
     result = subprocess.run([sys.executable, "-m", "pydbms_shard", "repair", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -250,6 +253,7 @@ def test_always_fsyncs_once_per_call_not_per_user(tmp_path):
 # ---------------------------------------------------------------- self-healing
 
 
+@pytest.mark.crash
 def test_killed_worker_is_rebuilt_and_the_next_call_succeeds(tmp_path):
     path = tmp_path / "db.json"
     users = generate_users(1000, seed=9)
@@ -316,6 +320,7 @@ def test_failed_fsync_is_not_retried(tmp_path):
         assert db.stats()["shards"][0]["log"]["failed"]
 
 
+@pytest.mark.crash
 def test_sigstopped_worker_times_out_is_rebuilt_and_close_does_not_hang(tmp_path):
     path = tmp_path / "db.json"
     with DataBase(shards=2, snapshot_path=path, call_timeout=1.5) as db:
@@ -331,6 +336,7 @@ def test_sigstopped_worker_times_out_is_rebuilt_and_close_does_not_hang(tmp_path
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.crash
 def test_close_returns_while_another_thread_waits_on_a_stopped_worker(tmp_path):
     db = DataBase(shards=2, call_timeout=600)
     users = generate_users(100, seed=1)
@@ -353,6 +359,7 @@ def test_close_returns_while_another_thread_waits_on_a_stopped_worker(tmp_path):
     assert errors and isinstance(errors[0], PydbmsError)
 
 
+@pytest.mark.crash
 def test_restarts_are_capped(tmp_path):
     path = tmp_path / "db.json"
     with DataBase(shards=2, snapshot_path=path, max_restarts=2, restart_window=600) as db:
@@ -369,6 +376,7 @@ def test_restarts_are_capped(tmp_path):
         assert len(db) == 100
 
 
+@pytest.mark.crash
 def test_without_a_log_a_dead_shard_stays_failed_and_says_its_users_are_lost():
     with DataBase(shards=2) as db:
         users = generate_users(200, seed=1)
@@ -414,10 +422,15 @@ def test_load_caps_what_it_reads_of_a_manifest(tmp_path):
             db.load(big)
 
 
+@pytest.mark.crash
 def test_a_path_open_in_another_process_is_refused_until_that_process_dies(tmp_path):
     path = tmp_path / "db.json"
-    script = f"from pydbms_shard import DataBase\ndb = DataBase(shards=1, snapshot_path={str(path)!r})\nprint('open', flush=True)\ninput()\n"
-    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True) as child:
+    script = (
+        f"from pydbms_shard import DataBase\ndb = DataBase(shards=1, snapshot_path={str(path)!r})\nprint('open', flush=True)\ninput()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
+    ) as child:
         try:
             assert child.stdout.readline().strip() == "open"
             with pytest.raises(SnapshotError, match="another process"):
@@ -450,9 +463,12 @@ def _damage_middle_record(segment: Path) -> None:
 
 
 def _newest_segment(path: Path, shard: int) -> Path:
-    return max((p for p, name in wal.list_segments(path) if name.shard == shard), key=lambda p: wal.parse_segment_name(path.name, p.name).base)
+    return max(
+        (p for p, name in wal.list_segments(path) if name.shard == shard), key=lambda p: wal.parse_segment_name(path.name, p.name).base
+    )
 
 
+@pytest.mark.crash
 def test_a_shard_whose_log_is_damaged_stays_failed_instead_of_coming_back_empty(tmp_path):
     path = tmp_path / "db.json"
     users = generate_users(600, seed=11)
@@ -476,6 +492,7 @@ def _routes_to(user: User, shard: int, shards: int) -> bool:
     return shard_of(user.ID.bytes, shards) == shard
 
 
+@pytest.mark.crash
 def test_calls_after_a_shard_was_lost_survive_reopening(tmp_path):
     """A lost shard's log is cut back, so the call numbers reused by later calls on the
     healthy shards are not mistaken for the failed call's leftovers."""
@@ -547,7 +564,9 @@ def test_cli_readers_change_no_file_and_see_the_log(tmp_path):
     with open(segment, "ab") as f:
         f.write(b"\x99torn")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and not p.name.endswith(".owner")}
-    result = subprocess.run([sys.executable, "-m", "pydbms_shard", "find", str(path), users[7].name], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "pydbms_shard", "find", str(path), users[7].name], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert users[7].to_json().decode() in result.stdout
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and not p.name.endswith(".owner")}
@@ -595,7 +614,9 @@ def test_a_database_that_cannot_open_says_so_in_one_line(tmp_path):
     with DataBase(shards=1, snapshot_path=path) as db:
         db.add(User("a", 1))
     path.write_text("{not json")
-    result = subprocess.run([sys.executable, "-m", "pydbms_shard", "get", str(path), str(uuid.uuid4())], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "pydbms_shard", "get", str(path), str(uuid.uuid4())], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 4
     assert len(result.stderr.strip().splitlines()) == 1 and "damaged manifest" in result.stderr
 
@@ -672,7 +693,7 @@ def test_an_opener_waits_for_the_workers_of_an_ended_program(tmp_path):
     holder = textwrap.dedent(
         f"""
         import fcntl, os, sys
-        fd = os.open({str(tmp_path / '.db.json.owner')!r}, os.O_RDWR)
+        fd = os.open({str(tmp_path / ".db.json.owner")!r}, os.O_RDWR)
         fcntl.flock(fd, fcntl.LOCK_SH)
         print("held", flush=True)
         sys.stdin.readline()
@@ -707,6 +728,7 @@ def test_a_bad_record_at_the_end_of_an_older_segment_is_damage(tmp_path):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.crash
 def test_close_gives_up_on_a_stopped_worker_during_an_autosave(tmp_path, monkeypatch):
     import time
 

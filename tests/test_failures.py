@@ -31,6 +31,7 @@ def test_a_call_interrupted_between_send_and_reply_does_not_shift_later_replies(
         assert db.has_user([u.ID for u in users])
 
 
+@pytest.mark.crash
 def test_a_write_that_fails_on_one_shard_is_rolled_back_on_the_others():
     """No log here, so the dead shard stays failed; the healthy shard undoes its part, and
     the cache and the change count agree with it."""
@@ -138,6 +139,7 @@ def test_each_thread_reads_its_own_writes_through_the_cache():
 
     errors = []
     with DataBase(shards=2, start_method="fork", cache_size=50) as db:
+
         def work(t: int) -> None:
             mine = generate_users(20, seed=100 + t)
             db.add_users(mine)

@@ -21,7 +21,7 @@ from pydbms_shard.snapshot import read_manifest
 
 TEXT_LINE = re.compile(r'^User "(.*)" is (\d+) years old \(ID: ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\)$')
 
-EXAMPLE = '''
+EXAMPLE = """
 from pydbms_shard import *
 
 db = DataBase(shards=2)
@@ -41,7 +41,7 @@ file_manager.convert_file("users_db.json", "readable_db.json")
 
 # ---- end of the example ----
 print("size", db.size, flush=True)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +52,7 @@ def example_dir(tmp_path_factory):
     marker = uuid.uuid4().hex
     env = dict(os.environ, PYDBMS_EXAMPLE_MARKER=marker)
     try:
-        result = subprocess.run(
-            [sys.executable, "example.py"], cwd=directory, capture_output=True, text=True, timeout=120, env=env
-        )
+        result = subprocess.run([sys.executable, "example.py"], cwd=directory, capture_output=True, text=True, timeout=120, env=env)
         assert result.returncode == 0, result.stderr
         assert "size 502" in result.stdout, result.stdout + result.stderr
         # neither DataBase was closed by the example: their workers still end with the script

@@ -129,7 +129,10 @@ def test_random_name_varies():
     assert len({random_name() for _ in range(50)}) == 50
 
 
-@pytest.mark.parametrize("length, error", [(0, ValueError), (-3, ValueError), (1001, ValueError), ("5", TypeError), (2.0, TypeError), (True, TypeError), (None, TypeError)])
+@pytest.mark.parametrize(
+    "length, error",
+    [(0, ValueError), (-3, ValueError), (1001, ValueError), ("5", TypeError), (2.0, TypeError), (True, TypeError), (None, TypeError)],
+)
 def test_random_name_bad_length(length, error):
     with pytest.raises(error) as info:
         random_name(length)

@@ -404,7 +404,7 @@ def test_enospc_fails_the_writer_and_keeps_acknowledged_records(tmp_path, monkey
 
 
 def test_enospc_after_a_partial_write_is_truncated_back(tmp_path, monkeypatch):
-    faults = Faults(monkeypatch)
+    Faults(monkeypatch)  # the real fsync and ftruncate, counted
     w = new_writer(tmp_path)
     w.append(1, 1, [0], b"one")
     calls = []

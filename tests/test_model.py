@@ -199,6 +199,7 @@ def _machine_settings(examples: int, steps: int) -> settings:
     )
 
 
+@pytest.mark.crash
 def test_random_call_sequences_match_a_dict_model(model_db):
     run_state_machine_as_test(lambda: DataBaseMachine(*model_db), settings=_machine_settings(40, 30))
 

@@ -26,7 +26,21 @@ import pydbms_shard.snapshot as snapshot_mod
 from pydbms_shard import ClosedError, ConfigError, DataBase, SnapshotError, User, generate_users
 from pydbms_shard.routing import shard_of
 
-NAMES = ["Zoë", "李小龙", "Ωmega", "🎉 party 🎉", "👩‍👩‍👧‍👦", "Ñandú", "ǅemal", "a\tb", "quote\"d", "back\\slash", "मनीष", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "x" * 1000]
+NAMES = [
+    "Zoë",
+    "李小龙",
+    "Ωmega",
+    "🎉 party 🎉",
+    "👩‍👩‍👧‍👦",
+    "Ñandú",
+    "ǅemal",
+    "a\tb",
+    'quote"d',
+    "back\\slash",
+    "मनीष",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "x" * 1000,
+]
 
 
 def sample_users(n: int, seed: int = 0) -> list[User]:
@@ -119,7 +133,7 @@ def test_round_trip_unicode_names_and_extras(tmp_path, shards):
     with DataBase(shards=shards) as db:
         db.load(path)
         assert dump(db) == exact(users)
-        for name in ("Zoë#%d-0" % shards, "👩‍👩‍👧‍👦#%d-4" % shards):
+        for name in (f"Zoë#{shards}-0", f"👩‍👩‍👧‍👦#{shards}-4"):
             assert [u.name for u in db.find_by_name(name)] == [name]
         # -0.0 and subnormals survive bit for bit
         got = db.get(users[3].ID)
@@ -909,7 +923,8 @@ def test_compression_level_setting_is_used(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "setting", [{"file_mode": "0999"}, {"file_mode": "rw-------"}, {"compression_level": 0}, {"compression_level": 23}, {"keep_generations": 0}]
+    "setting",
+    [{"file_mode": "0999"}, {"file_mode": "rw-------"}, {"compression_level": 0}, {"compression_level": 23}, {"keep_generations": 0}],
 )
 def test_bad_persistence_settings_are_refused(setting):
     with pytest.raises(ConfigError) as exc:

@@ -132,9 +132,7 @@ _CHILD = textwrap.dedent(
 
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
 def test_workers_exit_when_the_parent_is_sigkilled(start_method):
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, start_method], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, start_method], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line_holder: list[str] = []
     reader = threading.Thread(target=lambda: line_holder.append(child.stdout.readline()), daemon=True)
     reader.start()
@@ -255,7 +253,7 @@ def test_many_threads_share_one_database():
                     assert len(db) >= 0
                     sum(1 for _ in db)
                     db.stats()
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 reader_errors.append(exc)
 
         def worker(t: int) -> dict:
@@ -317,7 +315,7 @@ def test_each_batch_call_is_atomic_across_shards():
                     batch = [User("batch", k) for k in range(batch_size)]
                     db.add_users(batch)
                     db.remove_users(["batch"])
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 errors.append(exc)
 
         def reader() -> None:
@@ -325,7 +323,7 @@ def test_each_batch_call_is_atomic_across_shards():
                 while not stop.is_set():
                     seen_sizes.add(len(db))
                     seen_groups.add(len(db.find_by_name("batch")))
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(2)]

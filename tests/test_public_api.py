@@ -98,8 +98,7 @@ PROPERTIES = {
 FIELDS = {DataBase: set(), FileManager: set(), User: {"name", "age", "ID"}}
 
 USER_SIGNATURE = (
-    "(name: str, age: int, ID: uuid.UUID | str | bytes | None = None, "
-    "extras: collections.abc.Mapping[str, typing.Any] | None = None)"
+    "(name: str, age: int, ID: uuid.UUID | str | bytes | None = None, extras: collections.abc.Mapping[str, typing.Any] | None = None)"
 )
 
 

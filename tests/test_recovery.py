@@ -9,17 +9,19 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydbms_shard.workers import log as wal
 
 from pydbms_shard import recovery, snapshot
 from pydbms_shard.errors import LogDamagedError
-from pydbms_shard.workers import log as wal
 
 CHAIN = "0badcafe"
 NAME = "db.json"
 
 
 def writer(tmp_path: Path, shard: int, shards: int, base: int = 1, chain: str = CHAIN) -> wal.SegmentWriter:
-    return wal.SegmentWriter(tmp_path / wal.segment_name(NAME, chain, base, shard, shards), chain=chain, base=base, shard=shard, shards=shards, fsync="no")
+    return wal.SegmentWriter(
+        tmp_path / wal.segment_name(NAME, chain, base, shard, shards), chain=chain, base=base, shard=shard, shards=shards, fsync="no"
+    )
 
 
 def log_calls(tmp_path: Path, shards: int, calls: list[list[int]], first: int = 1) -> list[wal.SegmentWriter]:

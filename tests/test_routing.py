@@ -200,9 +200,7 @@ def _uuid7_array(ms: np.ndarray, rng: np.random.Generator, counter: bool) -> np.
     return ids
 
 
-@pytest.mark.parametrize(
-    "per_ms, counter", [(1, False), (1000, False), (1000, True)], ids=["one-per-ms", "1000-per-ms", "counter"]
-)
+@pytest.mark.parametrize("per_ms, counter", [(1, False), (1000, False), (1000, True)], ids=["one-per-ms", "1000-per-ms", "counter"])
 def test_balanced_for_uuid7(per_ms, counter):
     rng = np.random.default_rng(7)
     base_ms = 1_700_000_000_000

@@ -348,7 +348,7 @@ def test_repr_is_useful_and_evaluates_back(extras):
     assert "25" in text and str(UID) in text
     if extras:
         assert "'a'" in text
-    again = eval(text, {"User": User, "UUID": uuid.UUID})  # noqa: S307
+    again = eval(text, {"User": User, "UUID": uuid.UUID})
     assert fields(again) == fields(user)
 
 
@@ -463,7 +463,6 @@ def test_id_given_as_its_16_bytes():
     assert User("a", 1, UID.bytes).ID == UID
     with pytest.raises(ValueError, match="16 bytes"):
         User("a", 1, b"short")
-
 
 
 def test_extras_size_is_capped_and_documented():

@@ -220,6 +220,7 @@ def _candidates(data: memoryview, start: int, floor: int) -> Iterator[int]:
 
 def _valid_after(data: memoryview, bad: int, last: int | None, base: int) -> int | None:
     """Where a valid record starts after the bad one at ``bad``, if anywhere."""
+
     def valid(p: int) -> bool:
         return isinstance(_check_record(data, p, last, base), RecordInfo)
 
@@ -555,7 +556,7 @@ class SegmentWriter:
                 os.close(self._fd)
                 self._fd = -1
 
-    def __enter__(self) -> SegmentWriter:  # noqa: PYI034 - kept as DataBase.__enter__ is
+    def __enter__(self) -> SegmentWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -86,7 +86,9 @@ class ShardWorker:
         self.undo = (seq, offset, revert)
         return result
 
-    def _apply(self, partition: Partition, op: str, args: list[Any], mine: Callable[[list[Any]], list[Any]] | None = None) -> tuple[Any, Callable[[], object]]:
+    def _apply(
+        self, partition: Partition, op: str, args: list[Any], mine: Callable[[list[Any]], list[Any]] | None = None
+    ) -> tuple[Any, Callable[[], object]]:
         """Apply one write message's arguments; returns the reply and a function that undoes it.
         ``mine`` keeps only this shard's records (replaying a log written by another layout)."""
         if self.apply_faults and partition is self.partition:
@@ -158,7 +160,9 @@ class ShardWorker:
             "pid": os.getpid(),
             "rss_bytes": _rss_bytes(),
             "open_scans": len(self.scans),
-            "log": None if self.log is None else {"file": self.log.path.name, "bytes": self.log.size, "fsyncs": self.log.fsyncs, "failed": self.log.failed},
+            "log": None
+            if self.log is None
+            else {"file": self.log.path.name, "bytes": self.log.size, "fsyncs": self.log.fsyncs, "failed": self.log.failed},
         }
 
     # ------------------------------------------------------------ iteration
@@ -216,7 +220,7 @@ class ShardWorker:
             result = [str(path), True, snapshot.write_shard_file(path, cut, self.shard, self.shards, level, mode, progress)]
         except OSError as exc:
             result = [str(path), False, f"{path}: cannot write ({snapshot.describe_os_error(exc)})"]
-        except Exception as exc:  # noqa: BLE001 - reported to the coordinator, which raises SnapshotError
+        except Exception as exc:
             result = [str(path), False, f"{path}: {type(exc).__name__}: {exc}"]
         del cut
         if self.events is not None:
@@ -276,7 +280,9 @@ class ShardWorker:
             self._open_log(*log)
         return len(self.partition)
 
-    def _open_log(self, directory: str, manifest: str, chain: str, base: int, fsync: str, mode: int, append: list[Any] | None = None) -> None:
+    def _open_log(
+        self, directory: str, manifest: str, chain: str, base: int, fsync: wal.FsyncPolicy, mode: int, append: list[Any] | None = None
+    ) -> None:
         """Start appending to a new segment at ``base`` (or to ``append`` = [file, offset]).
         The old writer is closed only once the new one exists: a failure keeps the old one."""
         if self.claim is None:
@@ -286,14 +292,16 @@ class ShardWorker:
             return  # nothing was logged since the last rotation: the current segment serves
         if append is not None:
             path = Path(directory) / append[0]
-            new = wal.SegmentWriter(path, chain=chain, base=base, shard=self.shard, shards=self.shards, fsync=fsync, mode=mode, append_at=append[1])  # type: ignore[arg-type]  # fsync: a str off the wire; SegmentWriter rejects others
+            new = wal.SegmentWriter(
+                path, chain=chain, base=base, shard=self.shard, shards=self.shards, fsync=fsync, mode=mode, append_at=append[1]
+            )
         else:
             path = Path(directory) / wal.segment_name(manifest, chain, base, self.shard, self.shards)
             if current is not None and current.failed is not None and current.path == path:
                 current.close(sync=False)  # it holds at most the record of the call that failed
                 path.unlink()
                 current = None
-            new = wal.SegmentWriter(path, chain=chain, base=base, shard=self.shard, shards=self.shards, fsync=fsync, mode=mode)  # type: ignore[arg-type]  # as above
+            new = wal.SegmentWriter(path, chain=chain, base=base, shard=self.shard, shards=self.shards, fsync=fsync, mode=mode)
         self.log = new
         if current is not None:
             try:
@@ -353,7 +361,7 @@ class ShardWorker:
         except _Poisoned as exc:
             self.stopping = True  # reply, then exit: the coordinator rebuilds this shard
             return encode([False, "ShardPoisoned", str(exc), True])
-        except Exception as exc:  # noqa: BLE001 - any error is the caller's, sent back as the reply
+        except Exception as exc:
             return encode([False, type(exc).__name__, str(exc)])
 
 

@@ -163,8 +163,10 @@ def build_logged(shards: int, path: Path, users: list[User], batch: int) -> int:
     saved = read_manifest(path).users
     segments = [p for p, _ in wal.list_segments(path)]
     if saved or not segments:
-        raise RuntimeError(f"recovery set-up: the snapshot holds {saved} users and there are {len(segments)} log segments; "
-                           "the users must live only in the log")
+        raise RuntimeError(
+            f"recovery set-up: the snapshot holds {saved} users and there are {len(segments)} log segments; "
+            "the users must live only in the log"
+        )
     return sum(p.stat().st_size for p in segments)
 
 
@@ -198,8 +200,7 @@ def time_open(shards: int, path: Path | None, expected: int) -> float:
 
 
 def _target(name: str, measured: float | None, limit: float) -> dict[str, Any]:
-    return {"target": name, "measured": measured, "limit": limit, "unit": "x",
-            "met": None if measured is None else measured <= limit}
+    return {"target": name, "measured": measured, "limit": limit, "unit": "x", "met": None if measured is None else measured <= limit}
 
 
 def run_durability(

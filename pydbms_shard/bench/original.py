@@ -111,7 +111,7 @@ class OriginalDataBase:
         if os.path.exists(path):
             shutil.copyfile(path, path + ".bak")
         with open(path, "w", encoding="utf-8") as f:
-            for user in self.users.values():  # noqa: FURB122 - the original's code, kept as it was
+            for user in self.users.values():
                 f.write(json.dumps(user.to_dict()) + "\n")
 
     @staticmethod

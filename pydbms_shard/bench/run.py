@@ -76,24 +76,39 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "column against (a), then a Durability table (the write-ahead log against the same engine in memory), "
         "and writes the results as JSON and a PNG chart.",
     )
-    parser.add_argument("--users", type=_positive_int, default=None, metavar="N",
-                        help=f"users in the database (default {FULL_USERS:,}; {QUICK_USERS:,} with --quick); "
-                        "the batch rows use N/10; the durability recovery replays N users")
-    parser.add_argument("--iterations", type=_positive_int, default=None, metavar="K",
-                        help=f"times each row (and each durability measurement) runs (default {FULL_ITERATIONS}; "
-                        f"{QUICK_ITERATIONS} with --quick)")
-    parser.add_argument("--shards", type=parse_shards, default=None, metavar="LIST",
-                        help=f"our engine's shard counts, comma-separated; 'default' is the CPU count "
-                        f"(default {FULL_SHARDS!r}; {QUICK_SHARDS!r} with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="about a minute in all: fewer users, iterations and shard counts unless given")
+    parser.add_argument(
+        "--users",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"users in the database (default {FULL_USERS:,}; {QUICK_USERS:,} with --quick); "
+        "the batch rows use N/10; the durability recovery replays N users",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help=f"times each row (and each durability measurement) runs (default {FULL_ITERATIONS}; {QUICK_ITERATIONS} with --quick)",
+    )
+    parser.add_argument(
+        "--shards",
+        type=parse_shards,
+        default=None,
+        metavar="LIST",
+        help=f"our engine's shard counts, comma-separated; 'default' is the CPU count "
+        f"(default {FULL_SHARDS!r}; {QUICK_SHARDS!r} with --quick)",
+    )
+    parser.add_argument("--quick", action="store_true", help="about a minute in all: fewer users, iterations and shard counts unless given")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed of users and picks (default {DEFAULT_SEED})")
-    parser.add_argument("--output", type=Path, default=Path("bench-results"), metavar="DIR",
-                        help="where the JSON and the chart go (default bench-results/)")
+    parser.add_argument(
+        "--output", type=Path, default=Path("bench-results"), metavar="DIR", help="where the JSON and the chart go (default bench-results/)"
+    )
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
     durability = parser.add_mutually_exclusive_group()
-    durability.add_argument("--durability-only", action="store_true",
-                            help="only the Durability measurements (log against memory; recovery of N users)")
+    durability.add_argument(
+        "--durability-only", action="store_true", help="only the Durability measurements (log against memory; recovery of N users)"
+    )
     durability.add_argument("--no-durability", action="store_true", help="skip the Durability measurements")
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr (the results still print)")
     return parser
@@ -234,9 +249,7 @@ def format_table(record: dict[str, Any]) -> str:
     for row in ROWS:
         s = record["rows"][row]
         ratio = "-" if s.get("ratio") is None else f"{s['ratio']:.2f}x"
-        lines.append(
-            f"{row:<26}{s['count']:>14,}{s['avg']:>10.4f}{s['min']:>10.4f}{s['max']:>10.4f}{s['stdev']:>10.4f}{ratio:>10}"
-        )
+        lines.append(f"{row:<26}{s['count']:>14,}{s['avg']:>10.4f}{s['min']:>10.4f}{s['max']:>10.4f}{s['stdev']:>10.4f}{ratio:>10}")
     return "\n".join(lines)
 
 

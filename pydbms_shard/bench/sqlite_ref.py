@@ -75,10 +75,7 @@ class SQLiteDataBase:
     def add_users(self, users: Iterable[User]) -> int:
         """Insert each user whose ID is not stored yet; returns how many were added."""
         dumps = json.dumps
-        rows = (
-            (u.ID.bytes, u.name, u.age, None if u._extras is None else dumps(u._extras))
-            for u in users
-        )
+        rows = ((u.ID.bytes, u.name, u.age, None if u._extras is None else dumps(u._extras)) for u in users)
         return self._changes("INSERT OR IGNORE INTO users VALUES (?, ?, ?, ?)", rows)
 
     def remove_users(self, items: Iterable[Any]) -> int:
