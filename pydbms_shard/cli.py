@@ -109,8 +109,13 @@ def _version() -> str:
 
 def _save_with_progress(db: DataBase, path: Path, users: int, progress: _Progress) -> None:
     with progress.bar(users, "saving") as advance:
-        db.save(path)
-        advance(users)
+        written = [0]
+
+        def step(done: int, total: int) -> None:  # a save reports users written so far
+            advance(done - written[0])
+            written[0] = done
+
+        db.save(path, progress=step)
 
 
 def _add_with_progress(db: DataBase, users: list[Any], progress: _Progress, desc: str) -> int:
@@ -298,7 +303,7 @@ def cmd_shell(args: argparse.Namespace, progress: _Progress) -> int:
 
     overrides: dict[str, Any] = {"snapshot_path": args.path} if args.path else {}
     with DataBase(_config(args), **overrides) as db:
-        return run_shell(db, sys.stdin, sys.stdout, sys.stderr)
+        return run_shell(db, sys.stdin, sys.stdout, sys.stderr, progress.bar)
 
 
 # ---------------------------------------------------------------- parser

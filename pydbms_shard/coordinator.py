@@ -54,7 +54,8 @@ from .errors import (
 )
 from .protocol import request, write_message, write_request
 from .routing import HASH_SCHEME, shard_of, shards_of, split_positions
-from .shards import Liveness, ShardFailure, ShardHandle, exchange, wait_for_events
+from .saving import LoadProgress, Progress, SaveSession
+from .shards import Liveness, ShardFailure, ShardHandle, exchange
 from .user import User, check_id
 
 _ID = attrgetter("ID")
@@ -732,11 +733,12 @@ class DataBase:
             raise PydbmsTypeError(f"a snapshot path must be a str or a path, got {type(path).__name__}: {path!r:.80}")
         return snapshot.manifest_location(path)
 
-    def save(self, path: str | os.PathLike[str] | None = None) -> snapshot.Manifest:
+    def save(self, path: str | os.PathLike[str] | None = None, *, progress: Progress | None = None) -> snapshot.Manifest:
         """Write a consistent snapshot: one file per shard, written by the shards in parallel,
         then a manifest committed atomically. Callers wait only while the cut is taken. A save
         to the database's own path is a checkpoint: the log moves on to new segments at the
-        cut, and the segments the snapshot covers are removed once it is committed."""
+        cut, and the segments the snapshot covers are removed once it is committed.
+        ``progress(users written, users in the cut)`` is called as each block is written."""
         path = self._snapshot_path(path)
         if not path.parent.is_dir():
             raise SnapshotError(f"{path}: the directory {path.parent} does not exist")
@@ -744,7 +746,7 @@ class DataBase:
         if path != self._path:
             snapshot.check_not_owned(path)
         with self._save_lock, snapshot.writer_lock(path):
-            manifest, changes_in_cut = self._write_snapshot(path, rotate=checkpoint)
+            manifest, changes_in_cut = self._write_snapshot(path, rotate=checkpoint, progress=progress)
             if checkpoint:
                 with self._lock:  # every shard logs to a fresh segment since the cut
                     if self._read_only_since == self._read_only_at_cut:
@@ -757,16 +759,22 @@ class DataBase:
         return manifest
 
     def _write_snapshot(
-        self, path: Path, rotate: bool = False, staged: bool = False, chain: str | None = None
+        self, path: Path, rotate: bool = False, staged: bool = False, chain: str | None = None, progress: Progress | None = None
     ) -> tuple[snapshot.Manifest, int]:
         """Cut, write and commit one snapshot at ``path`` (the caller holds the path's writer
         lock and ``_save_lock``). ``rotate``: a checkpoint of the log in this chain. ``staged``:
         write the shards' staged partitions (a load or a recovery being checkpointed) under a
         new log ``chain``. Returns the manifest and the change count the cut covered."""
-        generation, token = snapshot.next_generation(path), snapshot.new_token()
-        n = len(self._shards)
-        level, mode = self.config.compression_level, self.config.file_mode_bits
-        names = [path.parent / snapshot.shard_file_name(path.name, generation, token, s) for s in range(n)]
+        session = SaveSession(
+            path,
+            self._shards,
+            level=self.config.compression_level,
+            mode=self.config.file_mode_bits,
+            keep=self.config.keep_generations,
+            timeout=self._timeout,
+            closing=lambda: self._closing,
+            progress=progress,
+        )
         if chain is None:  # a checkpoint goes on in its chain; a copy elsewhere starts one with no log
             chain = self._chain if rotate and self._chain else snapshot.new_token()
         # a save of the own path without a log names no chain: no log leads on from it
@@ -775,23 +783,13 @@ class DataBase:
             with self._call():
                 started = time.perf_counter()
                 seq = self._seq
-                spec = self._log_spec(chain, seq + 1) if rotate else None
-                begun = exchange(
-                    self._shards,
-                    [request("snap_begin", str(names[s]), level, mode, spec, staged) for s in range(n)],
-                    return_exceptions=True,
-                    timeout=self._timeout,
-                )
+                session.cut(self._log_spec(chain, seq + 1) if rotate else None, staged, self._public_error)
                 changes_in_cut, bytes_in_cut = self._dirty, self._log_bytes
                 self._read_only_at_cut = self._read_only_since
                 self.last_save_hold_seconds = time.perf_counter() - started
-            failures = [f"{self._public_error(exc)}" for exc in begun if isinstance(exc, Exception)]
-            writing = {s: self._shards[s] for s in range(n) if not isinstance(begun[s], Exception)}
-            entries = self._wait_for_writers(path, names, writing, failures)
-            manifest = snapshot.build_manifest(generation, n, entries, named_chain, seq)
-            snapshot.commit_manifest(path, manifest, token, mode, self.config.keep_generations)
+            manifest = session.commit(named_chain, seq)
         except BaseException:
-            snapshot.cleanup_failed_save(path, generation, token)  # never what the live manifest names
+            session.abort()
             raise
         if rotate:
             self._log_bytes = max(0, self._log_bytes - bytes_in_cut)
@@ -822,61 +820,27 @@ class DataBase:
         except OSError as exc:
             log.warning("%s: checkpoint committed, but removing old log segments failed (%s)", path, snapshot.describe_os_error(exc))
 
-    def _wait_for_writers(
-        self, path: Path, names: list[Path], pending: dict[int, ShardHandle], failures: list[str]
-    ) -> list[snapshot.ManifestFile]:
-        """Wait, without the DataBase lock, until every shard's writer has reported (also after
-        one failed, so none still creates files at clean-up). A writer silent for longer than
-        ``call_timeout`` is stopped (its worker is killed and rebuilt by the next call)."""
-        entries = []
-        last_heard = dict.fromkeys(pending, time.monotonic())
-        while pending:
-            if self._closing:
-                failures.append("the DataBase was closed during the save")
-                break
-            now = time.monotonic()
-            for s in [s for s in pending if now - last_heard[s] > self._timeout]:
-                pending.pop(s).kill("its snapshot writer did not report within the call_timeout and was killed")
-                failures.append(f"shard {s}: its snapshot writer made no progress for {self._timeout:g} s")
-            # the handles of the cut: a worker rebuilt meanwhile has no writer of this save
-            for handle, event in wait_for_events(list(pending.values()), 1.0):
-                if isinstance(event, Exception):
-                    failures.append(str(event))
-                    pending.pop(handle.index, None)
-                    continue
-                file_name, ok, detail = event
-                if file_name != str(names[handle.index]):
-                    continue  # a report from an earlier save that gave up waiting
-                last_heard[handle.index] = time.monotonic()
-                if ok is None:
-                    continue  # progress: the writer is alive and writing
-                pending.pop(handle.index, None)
-                if ok:
-                    entries.append(msgspec.convert(detail, snapshot.ManifestFile))
-                else:
-                    failures.append(f"shard {handle.index}: {detail}")
-        if failures:
-            raise SnapshotError(f"{path}: save failed: " + "; ".join(failures))
-        return entries
-
-    def load(self, path: str | os.PathLike[str] | None = None) -> snapshot.Manifest:
+    def load(self, path: str | os.PathLike[str] | None = None, *, progress: Progress | None = None) -> snapshot.Manifest:
         """Replace the contents with a verified snapshot, re-routing users when it was written
         with another shard count. On any error the database is left exactly as it was. With a
         log, the loaded state is checkpointed onto the database's own path before any other
-        call runs, so reopening gives exactly what was loaded."""
+        call runs, so reopening gives exactly what was loaded. ``progress(users read, users in
+        the snapshot)`` is called as each block is read."""
         path = self._snapshot_path(path)
         with self._save_lock, self._call():
             # a reader's lock on the path: no save may rotate the files away while they are read
             with snapshot.writer_lock(path, shared=True):
                 manifest = snapshot.read_manifest(path)
-                self._stage(path, manifest)
+                self._stage(path, manifest, progress=progress)
             self._commit_staged(lambda: None)
             self._cache.clear()
             # unchanged only relative to this file: autosave to another path must still write
             self._dirty = 0 if path == self._autosave_target() and (path == self._path or not self._logging) else max(1, manifest.users)
         return manifest
 
-    def _stage(self, path: Path, manifest: snapshot.Manifest | None, plan: recovery.Plan | None = None) -> None:
+    def _stage(
+        self, path: Path, manifest: snapshot.Manifest | None, plan: recovery.Plan | None = None, progress: Progress | None = None
+    ) -> None:
         """Every worker reads its part of a snapshot (and replays the log after it) into
         staging; nothing is swapped in yet. On failure every stage is dropped."""
         n = len(self._shards)
@@ -886,9 +850,15 @@ class DataBase:
             files = snapshot.manifest_files(path, manifest)
             spec = [[str(p), msgspec.structs.asdict(e)] for p, e in files]
             reroute = manifest.shards != n or manifest.hash != HASH_SCHEME
-        messages = [request("load_stage", spec if reroute else spec[s : s + 1], reroute) for s in range(n)]
+        report = LoadProgress.TAG if progress is not None and manifest is not None else None
+        messages = [request("load_stage", spec if reroute else spec[s : s + 1], reroute, report) for s in range(n)]
         try:
-            exchange(self._shards, messages)  # long: no call_timeout, but a dead worker is noticed
+            if progress is not None and manifest is not None:
+                # rerouting, every worker reads every file: each reports its share of the total
+                with LoadProgress(self._shards, manifest.users * (n if reroute else 1), progress):
+                    exchange(self._shards, messages)
+            else:
+                exchange(self._shards, messages)  # long: no call_timeout, but a dead worker is noticed
             if plan is not None and plan.extents:
                 exchange(self._shards, [request("replay", *plan.replay_message(s, n)) for s in range(n)])
         except (ShardError, ShardFailure) as exc:

@@ -42,7 +42,9 @@ COMMANDS: dict[str, Command] = {
     "scan_close": _c("token"),
     # snapshots, loading and recovery
     "snap_begin": _c("path level mode rotate staged", "", "users in the cut; the writer reports on the events pipe"),
-    "load_stage": _c("files reroute", "", "users staged from snapshot files"),
+    "load_stage": _c(
+        "files reroute report", "", "users staged from snapshot files; with report, [report, nil, users read] per block on the events pipe"
+    ),
     "replay": _c("paths filters extents", "", "users staged after replaying log records"),
     "load_commit": _c("log", "", "users now live; with log, where the log goes on"),
     "load_abort": _c(),

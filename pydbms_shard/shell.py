@@ -14,6 +14,8 @@ import json
 import os
 import shlex
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,6 +23,9 @@ from .args import EXIT_FOUND_PROBLEM, EXIT_OK, EXIT_OTHER, EXIT_SNAPSHOT, EXIT_U
 from .coordinator import DataBase
 from .errors import LogError, PydbmsError, SnapshotError, ValidationError
 from .user import User
+
+ProgressBar = Callable[[int, str], AbstractContextManager[Callable[[int], object]]]
+"""``bar(total, description)``: a context whose value advances the bar by a count."""
 
 HISTORY_FILE = "~/.pydbms_history"
 HISTORY_LENGTH = 1000
@@ -41,9 +46,12 @@ class Shell(cmd.Cmd):
     intro = None
     doc_header = "Commands (help COMMAND for more):"
 
-    def __init__(self, db: DataBase, stdin: TextIO, stdout: TextIO, stderr: TextIO, interactive: bool) -> None:
+    def __init__(
+        self, db: DataBase, stdin: TextIO, stdout: TextIO, stderr: TextIO, interactive: bool, bar: ProgressBar | None = None
+    ) -> None:
         super().__init__(stdin=stdin, stdout=stdout)
         self.db = db
+        self.bar = bar  # progress bars of save and load (the pydbms command's, on a terminal)
         self.stderr = stderr
         self.interactive = interactive
         self.use_rawinput = interactive  # input() with readline on a terminal; plain reads from a pipe
@@ -154,16 +162,34 @@ class Shell(cmd.Cmd):
         _no_words(arg, "stats")
         self._out(json.dumps(self.db.stats(), default=str))
 
+    @contextmanager
+    def _progress(self, desc: str) -> Iterator[Callable[[int, int], None]]:
+        """A save's or load's ``progress(done, total)``, shown as a bar opened at its first report."""
+        with ExitStack() as stack:
+            state: list[Any] = [None, 0]  # the bar's advance function, users shown so far
+
+            def step(done: int, total: int) -> None:
+                if self.bar is None:
+                    return
+                if state[0] is None:
+                    state[0] = stack.enter_context(self.bar(total, desc))
+                state[0](done - state[1])
+                state[1] = done
+
+            yield step
+
     def do_save(self, arg: str) -> None:
         """save [PATH] : write a snapshot to PATH, or to the snapshot the shell opened (a checkpoint)."""
         path = _one_path(arg, "save [PATH]")
-        manifest = self.db.save(path)
+        with self._progress("saving") as step:
+            manifest = self.db.save(path, progress=step)
         self._out(f"{manifest.users:,} users saved to {path or self.db.config.snapshot_path}")
 
     def do_load(self, arg: str) -> None:
         """load [PATH] : replace every user with the snapshot at PATH (or the one the shell opened)."""
         path = _one_path(arg, "load [PATH]")
-        manifest = self.db.load(path)
+        with self._progress("loading") as step:
+            manifest = self.db.load(path, progress=step)
         self._out(f"{manifest.users:,} users loaded from {path or self.db.config.snapshot_path}")
 
     def do_quit(self, arg: str) -> bool:
@@ -206,10 +232,10 @@ def _one_path(arg: str, usage: str) -> str | None:
     return str(Path(words[0]).expanduser())
 
 
-def run_shell(db: DataBase, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+def run_shell(db: DataBase, stdin: TextIO, stdout: TextIO, stderr: TextIO, bar: ProgressBar | None = None) -> int:
     """Run the shell until quit or end of input; returns the exit code (see the module)."""
     interactive = stdin.isatty()
-    shell = Shell(db, stdin, stdout, stderr, interactive)
+    shell = Shell(db, stdin, stdout, stderr, interactive, bar)
     readline = _start_history() if interactive else None
     try:
         if interactive:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 from itertools import compress, groupby
 from operator import itemgetter
@@ -204,17 +203,18 @@ class ShardWorker:
         self.writer.start()
         return len(cut)
 
-    def _write(self, path: Path, cut: list[Any], level: int, mode: int) -> None:
-        last = [time.monotonic()]
+    def _report(self, tag: str, done: int) -> None:
+        """An event ``[tag, nil, users done]``: a save's or a load's progress."""
+        if self.events is not None:
+            try:
+                self.events.send_bytes(encode([tag, None, done]))
+            except OSError:
+                pass  # the coordinator is gone
 
-        def progress(done: int) -> None:  # at most twice a second: the coordinator's liveness check
-            now = time.monotonic()
-            if self.events is not None and now - last[0] > 0.5:
-                last[0] = now
-                try:
-                    self.events.send_bytes(encode([str(path), None, done]))
-                except OSError:
-                    pass
+    def _write(self, path: Path, cut: list[Any], level: int, mode: int) -> None:
+
+        def progress(done: int) -> None:  # per block: the coordinator's liveness check and progress bar
+            self._report(str(path), done)
 
         try:
             result = [str(path), True, snapshot.write_shard_file(path, cut, self.shard, self.shards, level, mode, progress)]
@@ -229,22 +229,28 @@ class ShardWorker:
             except OSError:
                 pass  # the coordinator is gone
 
-    def op_load_stage(self, files: list[Any], reroute: bool) -> int:
+    def op_load_stage(self, files: list[Any], reroute: bool, report: str | None = None) -> int:
         """Read and verify files into a staging partition; nothing changes until commit.
         With ``reroute`` (another shard count wrote them) every worker reads every file block
         by block and keeps only the users that route to it."""
         self.staged = None
         records: list[Any] = []
+        read = 0
         with gc_paused():
             for path, entry in files:
                 expect = snapshot.ManifestFile(**entry)
-                if not reroute:
+                if not reroute and report is None:
                     records.extend(snapshot.read_shard_file(Path(path), expect))
                     continue
                 for block in snapshot.iter_shard_file(Path(path), expect):
-                    if block:
+                    if block and reroute:
                         mine = shards_of_joined(b"".join([r.id for r in block]), self.shards) == self.shard
                         records.extend(compress(block, mine.tolist()))
+                    else:
+                        records.extend(block)
+                    read += len(block)
+                    if report is not None:
+                        self._report(report, read)
             self.staged = Partition(records)
         return len(self.staged)
 
