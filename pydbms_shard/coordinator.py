@@ -210,6 +210,7 @@ class DataBase:
         self._cache = ReadCache(self.config.cache_size)
         self._autosaver: AutoSaver | None = None
         self.last_save_hold_seconds: float | None = None
+        self._users: int | None = 0  # as of the last call, for repr (None: unknown since a failure)
         self._shards: list[ShardHandle] = []
         self._liveness = Liveness()
         self._timeout = self.config.call_timeout
@@ -284,8 +285,10 @@ class DataBase:
 
     def __repr__(self) -> str:
         """What it is, without a call: a stuck worker must not hang a debugger or a log line.
-        So no user count (that would ask every shard)."""
+        So the user count is the one the last calls reported, left out when a failure made it unknown."""
         parts = [f"shards={self.config.shard_count}", "closed" if self._closed else "open"]
+        if self._users is not None and not self._closed:
+            parts.append(f"users={self._users}")
         if self._path is not None:
             parts.append(f"path={str(self._path)!r}")
             parts.append(f"log={self.config.log_fsync if self._logging else 'off'}")
@@ -413,6 +416,7 @@ class DataBase:
                     self._note_failure(s, reply)
             for s, problem in failed.items():
                 self._note_failure(s, problem)
+            self._users = None
             self._cut_dead_logs([s for s in touched if not self._shards[s].alive])
             raise self._public_error(next(iter(failed.values())))
         self._seq = seq
@@ -500,6 +504,7 @@ class DataBase:
             nonlocal added
             added += n
             self._dirty += n
+            self._count(n)
 
         self._write(self._user_messages("add", users), count)
         return added
@@ -517,6 +522,7 @@ class DataBase:
             new, replaced = reply
             inserted += new
             self._dirty += new + len(replaced)
+            self._count(new)
             self._cache.discard(replaced)
 
         self._write(self._user_messages("upsert", users), count)
@@ -534,6 +540,7 @@ class DataBase:
             nonlocal removed
             removed += len(ids)
             self._dirty += len(ids)
+            self._count(-len(ids))
             self._cache.discard(ids)
 
         self._write([write_message("remove", batch.ids_for(s), batch.encoded_names) for s in range(len(self._shards))], count)
@@ -543,6 +550,7 @@ class DataBase:
     def clear_database(self) -> None:
         """Remove every user."""
         self._write([write_message("clear")] * len(self._shards), lambda reply: None)
+        self._users = 0
         self._cache.clear()
         self._dirty += 1
 
@@ -659,7 +667,8 @@ class DataBase:
 
     @_locked
     def __len__(self) -> int:
-        return sum(decode_any(c) for c in self._all("count"))
+        self._users = sum(decode_any(c) for c in self._all("count"))
+        return self._users
 
     @property
     def size(self) -> int:
@@ -913,8 +922,14 @@ class DataBase:
             return None
         return manifest if manifest.log_chain == chain else None
 
+    def _count(self, delta: int) -> None:
+        if self._users is not None:
+            self._users += delta
+
     def _commit_results(self, results: list[Any]) -> None:
         """A shard that swapped its data in but could not open its log must not take writes."""
+        counts = [r for r in results if not isinstance(r, Exception)]
+        self._users = sum(map(decode_any, counts)) if len(counts) == len(results) else None
         for s, result in enumerate(results):
             if isinstance(result, ShardFailure) and not result.restart:
                 self._set_read_only(f"shard {s} could not open its log ({result.message})")
@@ -1010,6 +1025,7 @@ class DataBase:
         """The shard stays failed: every call that needs it says so. Its log is cut after the
         last call every shard applied, so a later call reusing a sequence number is never
         confused with a leftover of a call that failed."""
+        self._users = None
         log.error("shard %d: %s", index, self._lost[index])
         self._shards[index].dead = self._lost[index]
         self._cut_dead_logs([index])

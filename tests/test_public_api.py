@@ -10,7 +10,7 @@ from importlib import resources
 import pytest
 
 import pydbms_shard
-from pydbms_shard import DataBase, FileManager, PydbmsError, User, errors
+from pydbms_shard import DataBase, FileManager, PydbmsError, User, errors, generate_users
 from pydbms_shard.shards import ShardFailure
 
 ALL = [
@@ -155,19 +155,27 @@ def test_py_typed_is_shipped():
 
 def test_database_repr(tmp_path):
     with DataBase(shards=2) as db:
-        assert re.fullmatch(r"<DataBase shards=2 open>", repr(db))
+        assert re.fullmatch(r"<DataBase shards=2 open users=0>", repr(db))
+        users = generate_users(50, seed=1)
+        db.add_users(users + users[:5])
+        db.upsert_users([User("new", 1), users[0]])
+        db.remove_users([users[1].ID, users[2].name, "nobody"])
+        assert repr(db) == f"<DataBase shards=2 open users={len(db)}>"
+        db.clear_database()
+        assert repr(db) == "<DataBase shards=2 open users=0>"
     assert re.fullmatch(r"<DataBase shards=2 closed>", repr(db))
     path = tmp_path / "users.json"
     with DataBase(shards=1, snapshot_path=str(path), log_fsync="everysec") as db:
-        assert re.fullmatch(r"<DataBase shards=1 open path='[^']*users\.json' log=everysec>", repr(db))
-    with DataBase(shards=1, snapshot_path=str(path), log=False) as db:
-        assert re.fullmatch(r"<DataBase shards=1 open path='[^']*users\.json' log=off>", repr(db))
+        db.add_users(generate_users(7, seed=2))
+        assert re.fullmatch(r"<DataBase shards=1 open users=7 path='[^']*users\.json' log=everysec>", repr(db))
+    with DataBase(shards=1, snapshot_path=str(path), log=False) as db:  # opening loads the 7
+        assert re.fullmatch(r"<DataBase shards=1 open users=7 path='[^']*users\.json' log=off>", repr(db))
 
 
 def test_filemanager_repr(tmp_path):
     with DataBase(shards=1) as db:
         manager = FileManager(db, tmp_path / "out.json")
-        assert re.fullmatch(r"<FileManager output_file='[^']*out\.json' database=<DataBase shards=1 open>>", repr(manager))
+        assert re.fullmatch(r"<FileManager output_file='[^']*out\.json' database=<DataBase shards=1 open users=0>>", repr(manager))
 
 
 def test_old_module_name_is_gone():
