@@ -780,7 +780,7 @@ class DataBase:
             level=self.config.compression_level,
             mode=self.config.file_mode_bits,
             keep=self.config.keep_generations,
-            timeout=self._timeout,
+            timeout=lambda: self._timeout,
             closing=lambda: self._closing,
             progress=progress,
         )

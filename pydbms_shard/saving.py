@@ -37,7 +37,7 @@ class SaveSession:
         level: int,
         mode: int,
         keep: int,
-        timeout: float,
+        timeout: Callable[[], float],
         closing: Callable[[], bool],
         progress: Progress | None = None,
     ) -> None:
@@ -57,7 +57,7 @@ class SaveSession:
             self.handles,
             [request("snap_begin", str(self.names[s]), self.level, self.mode, rotate, staged) for s in range(len(self.handles))],
             return_exceptions=True,
-            timeout=self.timeout,
+            timeout=self.timeout(),
         )
         self.failures += [str(describe(r)) for r in begun if isinstance(r, Exception)]
         self.writing = {s: self.handles[s] for s in range(len(self.handles)) if not isinstance(begun[s], Exception)}
@@ -77,7 +77,7 @@ class SaveSession:
     def _wait_for_writers(self) -> list[snapshot.ManifestFile]:
         """Wait, without the DataBase lock, until every shard's writer has reported (also after
         one failed, so none still creates files at clean-up). A writer silent for longer than
-        ``timeout`` is stopped (its worker is killed and rebuilt by the next call)."""
+        ``timeout()`` seconds is stopped (its worker is killed and rebuilt by the next call)."""
         entries, pending, failures = [], dict(self.writing), self.failures
         last_heard = dict.fromkeys(pending, time.monotonic())
         done = dict.fromkeys(pending, 0)
@@ -85,10 +85,10 @@ class SaveSession:
             if self.closing():
                 failures.append("the DataBase was closed during the save")
                 break
-            now = time.monotonic()
-            for s in [s for s in pending if now - last_heard[s] > self.timeout]:
+            now, timeout = time.monotonic(), self.timeout()  # closing the DataBase shortens it
+            for s in [s for s in pending if now - last_heard[s] > timeout]:
                 pending.pop(s).kill("its snapshot writer did not report within the call_timeout and was killed")
-                failures.append(f"shard {s}: its snapshot writer made no progress for {self.timeout:g} s")
+                failures.append(f"shard {s}: its snapshot writer made no progress for {timeout:g} s")
             # the handles of the cut: a worker rebuilt meanwhile has no writer of this save
             for handle, event in wait_for_events(list(pending.values()), 1.0):
                 if isinstance(event, Exception):
