@@ -12,6 +12,9 @@ Shard file layout (all integers little-endian)::
     body    one zstd frame (with its own content checksum) holding blocks, each
             u32 byte length + a msgpack array of records [name, age, id (bin 16), extras|nil]
     trailer 24 bytes  magic "PDBSEND\\0", u64 body length, u32 CRC-32 of header+body, u32 reserved
+
+Header version 2 (columnar, :mod:`pydbms_shard.shard_file_v2`) has the same header and trailer
+and a body of column blocks; the readers here dispatch on the header's version.
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ from .routing import HASH_SCHEME
 log = logging.getLogger("pydbms_shard.snapshot")
 
 FORMAT_NAME: Final = "pydbms-shard"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of the manifest
+FILE_VERSION_RECORDS = 1  # shard file versions: msgpack records (this module)
+FILE_VERSION_COLUMNS = 2  # columns (shard_file_v2)
+FILE_VERSION_MAX = FILE_VERSION_COLUMNS
 FILE_MAGIC = b"PDBSHARD"
 TRAILER_MAGIC = b"PDBSEND\0"
 FLAG_ZSTD = 1
@@ -329,7 +335,7 @@ def write_shard_file(
     fd = _create(path, mode)
     try:
         with os.fdopen(fd, "wb", closefd=False) as out:
-            header = HEADER.pack(FILE_MAGIC, FORMAT_VERSION, FLAG_ZSTD, shard, shards, 0, len(records))
+            header = HEADER.pack(FILE_MAGIC, FILE_VERSION_RECORDS, FLAG_ZSTD, shard, shards, 0, len(records))
             out.write(header)
             crc = zlib.crc32(header)
             compressor = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
@@ -366,14 +372,14 @@ class ShardHeader(NamedTuple):
 
 
 def _check_header(path: Path, header: bytes, expect: ManifestFile | None) -> ShardHeader:
-    """The one reader of a shard file's header: checked on its own and against the manifest."""
+    """The one reader of a shard file's header (every version): checked on its own and against the manifest."""
     if len(header) < HEADER.size:
         raise SnapshotError(f"{path}: truncated (no complete header)")
     magic, version, flags, shard, shards, _reserved, users = HEADER.unpack(header[: HEADER.size])
     if magic != FILE_MAGIC:
         raise SnapshotError(f"{path}: not a pydbms-shard snapshot file (bad magic)")
-    if version > FORMAT_VERSION:
-        raise SnapshotError(f"{path}: format version {version} is newer than this library reads ({FORMAT_VERSION})")
+    if version > FILE_VERSION_MAX:
+        raise SnapshotError(f"{path}: format version {version} is newer than this library reads ({FILE_VERSION_MAX})")
     if version < 1 or flags != FLAG_ZSTD:
         raise SnapshotError(f"{path}: damaged header (version {version}, flags {flags})")
     if expect is not None and users != expect.users:
@@ -419,17 +425,37 @@ def _parse_blocks(path: Path, data: bytes | memoryview, decode: Callable[[Any], 
         pos += length
 
 
-def read_shard_file(path: Path, expect: ManifestFile | None = None) -> list[Record]:
-    """Read, verify and decode a whole shard file (the fast path used by load)."""
+def _read_whole(path: Path) -> bytes:
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise SnapshotError(f"{path}: missing") from None
     except OSError as exc:
         raise SnapshotError(f"{path}: cannot read ({describe_os_error(exc)})") from None
+
+
+def _v2_records(path: Path, cols: Any) -> list[Record]:
+    """A v2 file's users as records, for call sites that predate columns."""
+    from .shard_file_v2 import columns_to_records
+
+    try:
+        return columns_to_records(cols)
+    except msgspec.DecodeError as exc:
+        raise SnapshotError(f"{path}: damaged shard file (format version 2): extras that are not a map ({exc})") from None
+
+
+def read_shard_file(path: Path, expect: ManifestFile | None = None) -> list[Record]:
+    """Read, verify and decode a whole shard file (the fast path used by load); a v2 file's
+    columns come back as records."""
+    data = _read_whole(path)
     _check_size(path, len(data), expect)
-    users = _check_header(path, data, expect).users
+    head = _check_header(path, data, expect)
+    users = head.users
+    if head.version == FILE_VERSION_COLUMNS:
+        from .shard_file_v2 import columns_from_bytes
+
+        return _v2_records(path, columns_from_bytes(path, data, head, expect))
     body_end = len(data) - TRAILER.size
     _check_trailer(path, data[body_end:], len(data), zlib.crc32(memoryview(data)[:body_end]), expect)
     try:
@@ -449,7 +475,8 @@ def read_shard_file(path: Path, expect: ManifestFile | None = None) -> list[Reco
 def iter_shard_file(
     path: Path, expect: ManifestFile | None = None, decode: Callable[[Any], list[Any]] = decode_records
 ) -> Iterator[list[Any]]:
-    """Verify a shard file, then stream its records block by block (bounded memory)."""
+    """Verify a shard file, then stream its records block by block (bounded memory). A v2 file's
+    blocks come as records too, through ``decode`` unless it is the default."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -460,7 +487,15 @@ def iter_shard_file(
         size = os.fstat(f.fileno()).st_size
         _check_size(path, size, expect)
         header = f.read(HEADER.size)
-        users = _check_header(path, header, expect).users
+        file_head = _check_header(path, header, expect)
+        users = file_head.users
+        if file_head.version == FILE_VERSION_COLUMNS:
+            from .shard_file_v2 import iter_open_columns
+
+            for cols in iter_open_columns(path, f, size, header, file_head, expect):
+                records = _v2_records(path, cols)
+                yield records if decode is decode_records else _redecode(path, records, decode)
+            return
         crc = zlib.crc32(header)
         remaining = size - HEADER.size - TRAILER.size
         while remaining:
@@ -499,6 +534,13 @@ def iter_shard_file(
             raise SnapshotError(f"{path}: damaged compressed body ({exc})") from None
         if seen != users:
             raise SnapshotError(f"{path}: holds {seen} users, its header says {users}")
+
+
+def _redecode(path: Path, records: list[Record], decode: Callable[[Any], list[Any]]) -> list[Any]:
+    try:
+        return decode(encode(records))
+    except msgspec.DecodeError as exc:
+        raise SnapshotError(f"{path}: damaged records ({exc})") from None
 
 
 class _Limited:

@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from pydbms_shard.workers import log as wal
 
 from pydbms_shard import DataBase, User, generate_users
 from pydbms_shard.codec import encode
@@ -29,6 +28,7 @@ from pydbms_shard.errors import (
     SnapshotError,
 )
 from pydbms_shard.shards import exchange
+from pydbms_shard.workers import log as wal
 
 
 def _state(db: DataBase) -> dict[uuid.UUID, tuple[str, int]]:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydbms_shard.workers.id_index import IdIndex, as_rows
 
 from pydbms_shard.codec import encode, unpack_id_rows
+from pydbms_shard.workers.id_index import IdIndex, as_rows
 
 # few distinct keys, so adds, removes and lookups keep colliding; some share a hi or lo half
 halves = st.sampled_from([0, 1, 2**63, 2**64 - 1, 12345])

@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydbms_shard.workers.partition import Partition
 
 from pydbms_shard.codec import Record
+from pydbms_shard.workers.partition import Partition
 
 TUPLE_MAX = 8  # widest tuple group before a name widens to a set
 

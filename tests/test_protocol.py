@@ -6,10 +6,10 @@ from __future__ import annotations
 import inspect
 
 import pytest
-from pydbms_shard.workers.loop import ShardWorker
 
 from pydbms_shard import protocol
 from pydbms_shard.codec import Raw, decode_any
+from pydbms_shard.workers.loop import ShardWorker
 
 
 def test_every_command_has_a_handler_with_the_tables_arguments():

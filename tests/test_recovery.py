@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydbms_shard.workers import log as wal
 
 from pydbms_shard import recovery, snapshot
 from pydbms_shard.errors import LogDamagedError
+from pydbms_shard.workers import log as wal
 
 CHAIN = "0badcafe"
 NAME = "db.json"
