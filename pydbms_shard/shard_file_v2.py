@@ -56,11 +56,12 @@ from .snapshot import (
     _create,
     _read_whole,
     _remove_quietly,
+    iter_shard_file,
     read_shard_file,
 )
 from .workers.columnar import Columns, empty_columns
 
-BLOCK_ROWS: Final = 1 << 20  # users per block the writer puts (tests pass a smaller block_rows)
+BLOCK_ROWS: Final = 1 << 17  # users per block the writer puts: progress reports, and bounded buffers (tests pass smaller)
 MAX_BLOCK_ROWS: Final = 1 << 24  # the most a reader accepts: bounds what one block may allocate
 ZSTD_THREADS: Final = 0  # zstd worker threads per segment; 0 measured best (one worker process per shard already)
 MAX_AGE: Final = 150
@@ -379,6 +380,25 @@ def iter_columns_file(path: Path, expect: ManifestFile | None = None) -> Iterato
         if head.version != FILE_VERSION_COLUMNS:
             raise SnapshotError(f"{path}: a format version {head.version} file, not a columnar (version 2) one")
         yield from iter_open_columns(path, f, size, header, head, expect)
+
+
+def iter_any_columns(path: Path, expect: ManifestFile | None = None) -> Iterator[Columns]:
+    """The users of a shard file of either version, block by block, as Columns."""
+    try:
+        with open(path, "rb") as f:
+            version = _check_header(path, f.read(HEADER.size), expect).version
+    except FileNotFoundError:
+        raise SnapshotError(f"{path}: missing") from None
+    except OSError as exc:
+        raise SnapshotError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if version == FILE_VERSION_COLUMNS:
+        yield from iter_columns_file(path, expect)
+        return
+    for records in iter_shard_file(path, expect):
+        try:
+            yield records_to_columns(records)
+        except (ValueError, OverflowError) as exc:
+            raise SnapshotError(f"{path}: a user does not fit the columnar form ({exc})") from None
 
 
 def read_shard_columns(path: Path, expect: ManifestFile | None = None) -> Columns:

@@ -44,6 +44,7 @@ import zstandard
 from .codec import Record, decode_records, encode, gc_paused
 from .errors import SnapshotError
 from .routing import HASH_SCHEME
+from .workers.columnar import Columns
 
 log = logging.getLogger("pydbms_shard.snapshot")
 
@@ -58,7 +59,7 @@ FLAG_ZSTD = 1
 HEADER = struct.Struct("<8sHHIIIQ")
 TRAILER = struct.Struct("<8sQI4x")
 BLOCK_LEN = struct.Struct("<I")
-BLOCK_RECORDS = 65_536
+BLOCK_RECORDS = 65_536  # users per v1 block
 _READ_CHUNK = 1 << 20
 
 
@@ -326,10 +327,22 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def write_shard_file(
-    path: Path, records: list[Record], shard: int, shards: int, level: int, mode: int, progress: Callable[[int], object] | None = None
+    path: Path,
+    records: list[Record] | Columns,
+    shard: int,
+    shards: int,
+    level: int,
+    mode: int,
+    progress: Callable[[int], object] | None = None,
 ) -> ManifestFile:
-    """Encode, compress and durably write one shard's records; remove the file on failure.
+    """Encode, compress and durably write one shard's users; remove the file on failure.
+    Columns (what a worker's cut is) are written as format v2 (:mod:`.shard_file_v2`); a list
+    of records as format v1, kept so tests can make the files older versions wrote.
     ``progress(users written)`` is called after each block (the save's liveness report)."""
+    if not isinstance(records, list):
+        from .shard_file_v2 import write_columns_file
+
+        return write_columns_file(path, records, shard, shards, level, mode, progress)
     crc = 0
     body_len = 0
     fd = _create(path, mode)

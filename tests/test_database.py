@@ -665,12 +665,12 @@ def test_repr_says_what_it_is_without_asking_the_shards(tmp_path):
     try:
         for handle in db._shards:  # a stuck worker must not hang repr()
             os.kill(handle.process.pid, 19)  # SIGSTOP
-        assert repr(db) == "<DataBase shards=2 open>"
+        assert repr(db) == "<DataBase shards=2 open users=0>"
     finally:
         for handle in db._shards:
             os.kill(handle.process.pid, 18)  # SIGCONT
         db.close()
     assert repr(db) == "<DataBase shards=2 closed>"
     with DataBase(shards=1, snapshot_path=str(tmp_path / "db.json")) as db:
-        assert repr(db) == f"<DataBase shards=1 open path={str(db._path)!r} log=always>"
+        assert repr(db) == f"<DataBase shards=1 open users=0 path={str(db._path)!r} log=always>"
     assert repr(db) == f"<DataBase shards=1 closed path={str(db._path)!r} log=always>"

@@ -12,6 +12,7 @@ import collections
 import errno
 import json
 import os
+import random
 import shutil
 import signal
 import stat
@@ -910,7 +911,9 @@ def test_many_calls_go_through_while_files_are_written(tmp_path, monkeypatch):
 
 
 def test_compression_level_setting_is_used(tmp_path):
-    users = generate_users(20_000, seed=5)
+    rng = random.Random(5)  # names from a small vocabulary: where a higher level finds more to share
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 8))) for _ in range(300)]
+    users = [User(" ".join(rng.choice(words) for _ in range(6)), rng.randint(0, 150)) for _ in range(20_000)]
     sizes = {}
     for level in (1, 19):
         path = tmp_path / f"level{level}.json"

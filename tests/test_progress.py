@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pydbms_shard import DataBase, generate_users
-from pydbms_shard.snapshot import BLOCK_RECORDS
+from pydbms_shard.shard_file_v2 import BLOCK_ROWS as BLOCK_RECORDS
 
 
 def _recorder() -> tuple[list[tuple[int, int]], object]:

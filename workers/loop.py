@@ -32,10 +32,12 @@ from pydbms_shard.codec import (
 )
 from pydbms_shard.errors import LogError
 from pydbms_shard.routing import shards_of_joined
+from pydbms_shard.shard_file_v2 import columns_to_records, concat_columns, iter_any_columns, read_shard_columns
 
 from . import log as wal
+from .columnar import Columns, empty_columns, slice_rows, take_rows
+from .columns import ColumnPartition
 from .id_index import as_rows
-from .partition import Partition
 
 _PARENT_POLL_SECONDS = 0.5
 
@@ -51,10 +53,10 @@ class ShardWorker:
     def __init__(self, shard: int, shards: int, events: Any = None) -> None:
         self.shard, self.shards = shard, shards
         self.events = events  # where the snapshot writer reports: [file path, ok, entry or error]
-        self.partition = Partition()
-        self.scans: dict[int, tuple[list[Any], int]] = {}
+        self.partition = ColumnPartition()
+        self.scans: dict[int, tuple[Columns, int]] = {}
         self.writer: threading.Thread | None = None
-        self.staged: Partition | None = None
+        self.staged: ColumnPartition | None = None
         self.stopping = False
         self.log: wal.SegmentWriter | None = None
         self.apply_faults = 0  # test hook (op_inject_fault "apply")
@@ -86,7 +88,7 @@ class ShardWorker:
         return result
 
     def _apply(
-        self, partition: Partition, op: str, args: list[Any], mine: Callable[[list[Any]], list[Any]] | None = None
+        self, partition: ColumnPartition, op: str, args: list[Any], mine: Callable[[list[Any]], list[Any]] | None = None
     ) -> tuple[Any, Callable[[], object]]:
         """Apply one write message's arguments; returns the reply and a function that undoes it.
         ``mine`` keeps only this shard's records (replaying a log written by another layout)."""
@@ -108,13 +110,9 @@ class ShardWorker:
             removed = partition.remove_records(decode_bytes_list(args[0]), decode_str_list(args[1]))
             return [record.id for record in removed], lambda: partition.add(removed)
         if op == "clear":
-            before = (partition.by_id, partition.by_name, partition.ids)
+            before = partition.state()
             partition.clear()
-
-            def restore() -> None:
-                partition.by_id, partition.by_name, partition.ids = before
-
-            return None, restore
+            return None, lambda: partition.restore(before)
         raise ValueError(f"not a write command: {op!r}")
 
     def op_undo(self, seq: int) -> bool:
@@ -155,7 +153,7 @@ class ShardWorker:
         return {
             "shard": self.shard,
             "users": len(self.partition),
-            "names": len(self.partition.by_name),
+            "names": self.partition.name_count(),
             "pid": os.getpid(),
             "rss_bytes": _rss_bytes(),
             "open_scans": len(self.scans),
@@ -167,14 +165,15 @@ class ShardWorker:
     # ------------------------------------------------------------ iteration
 
     def op_scan_open(self, token: int) -> int:
-        cut = self.partition.values()
+        cut = self.partition.columns()  # a copy of the columns: later writes do not show in it
         self.scans[token] = (cut, 0)
-        return len(cut)
+        return cut.rows
 
     def op_scan_next(self, token: int, count: int) -> list[Any]:
-        cut, pos = self.scans.get(token, ([], 0))
-        chunk = cut[pos : pos + count]
-        if pos + count >= len(cut):
+        """The next ``count`` users of the cut, as records (the reply carries them one by one)."""
+        cut, pos = self.scans.get(token, (empty_columns(), 0))
+        chunk = columns_to_records(slice_rows(cut, pos, pos + count))
+        if pos + count >= cut.rows:
             self.scans.pop(token, None)
         else:
             self.scans[token] = (cut, pos + count)
@@ -196,12 +195,12 @@ class ShardWorker:
             raise RuntimeError("nothing staged to write")
         if rotate is not None:
             self._open_log(*rotate)
-        cut = source.values()
+        cut = source.columns()
         self.writer = threading.Thread(
             target=self._write, args=(Path(path), cut, level, mode), name=f"snapshot-writer-{self.shard}", daemon=True
         )
         self.writer.start()
-        return len(cut)
+        return cut.rows
 
     def _report(self, tag: str, done: int) -> None:
         """An event ``[tag, nil, users done]``: a save's or a load's progress."""
@@ -211,7 +210,7 @@ class ShardWorker:
             except OSError:
                 pass  # the coordinator is gone
 
-    def _write(self, path: Path, cut: list[Any], level: int, mode: int) -> None:
+    def _write(self, path: Path, cut: Columns, level: int, mode: int) -> None:
 
         def progress(done: int) -> None:  # per block: the coordinator's liveness check and progress bar
             self._report(str(path), done)
@@ -234,24 +233,21 @@ class ShardWorker:
         With ``reroute`` (another shard count wrote them) every worker reads every file block
         by block and keeps only the users that route to it."""
         self.staged = None
-        records: list[Any] = []
+        parts: list[Columns] = []
         read = 0
-        with gc_paused():
-            for path, entry in files:
-                expect = snapshot.ManifestFile(**entry)
-                if not reroute and report is None:
-                    records.extend(snapshot.read_shard_file(Path(path), expect))
-                    continue
-                for block in snapshot.iter_shard_file(Path(path), expect):
-                    if block and reroute:
-                        mine = shards_of_joined(b"".join([r.id for r in block]), self.shards) == self.shard
-                        records.extend(compress(block, mine.tolist()))
-                    else:
-                        records.extend(block)
-                    read += len(block)
-                    if report is not None:
-                        self._report(report, read)
-            self.staged = Partition(records)
+        for path, entry in files:
+            expect = snapshot.ManifestFile(**entry)
+            if not reroute and report is None:
+                parts.append(read_shard_columns(Path(path), expect))
+                continue
+            for block in iter_any_columns(Path(path), expect):
+                read += block.rows
+                if reroute:
+                    block = take_rows(block, shards_of_joined(block.ids.tobytes(), self.shards) == self.shard)
+                parts.append(block)
+                if report is not None:
+                    self._report(report, read)
+        self.staged = ColumnPartition.from_columns(concat_columns(parts))
         return len(self.staged)
 
     def op_replay(self, paths: list[Any], filters: list[Any], extents: list[Any]) -> int:
@@ -260,7 +256,7 @@ class ShardWorker:
         written by another shard layout, so only this shard's users are kept from it. Runs of
         one file are read a batch at a time and applied as they come (bounded memory)."""
         if self.staged is None:
-            self.staged = Partition()
+            self.staged = ColumnPartition()
         staged, mine = self.staged, self._mine
         for k, run in groupby(extents, key=itemgetter(0)):
             spans = [(start, end) for _, start, end in run]
