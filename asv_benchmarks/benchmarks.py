@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from pydbms_shard import DataBase, generate_users
+from pydbms_shard import DataBase, User, generate_users
 
 SHARDS = [1, 2, 4]
 USERS = [100_000, 1_000_000]
@@ -222,6 +222,127 @@ class Footprint(_Suite):
         return (loaded - empty) / users
 
     track_bytes_per_user.unit = "bytes"
+
+
+def _peak_rss_rise(pids: list[int], call) -> tuple[int, float]:
+    """Run ``call()`` while a thread samples the summed RSS of ``pids`` every 10 ms: the peak
+    minus the RSS just before, and the call's seconds."""
+    import threading
+
+    import psutil
+
+    processes = [psutil.Process(pid) for pid in pids]
+    before = sum(p.memory_info().rss for p in processes)
+    peak = [before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.01):
+            peak[0] = max(peak[0], sum(p.memory_info().rss for p in processes))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    started = time.perf_counter()
+    try:
+        call()
+    finally:
+        elapsed = time.perf_counter() - started
+        stop.set()
+        thread.join()
+    return max(peak[0], sum(p.memory_info().rss for p in processes)) - before, elapsed
+
+
+def _disk_floor(directory: str, sizes: list[int]) -> float:
+    """Seconds to write and fsync ``sizes[i]`` bytes into a new file each, in parallel threads
+    (as the workers write their shard files), then fsync the directory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    block = memoryview(os.urandom(1 << 20))
+    paths = [os.path.join(directory, f"floor-{i}.bin") for i in range(len(sizes))]
+
+    def write(path: str, size: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            while size:
+                size -= os.write(fd, block[: min(size, len(block))])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(max_workers=len(sizes)) as pool:
+        started = time.perf_counter()
+        for future in [pool.submit(write, p, n) for p, n in zip(paths, sizes)]:
+            future.result()
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        elapsed = time.perf_counter() - started
+    for path in paths:
+        os.unlink(path)
+    return elapsed
+
+
+class ColumnarMemory(_Suite):
+    """The columnar shards' memory at the default 2 shards and 1M users (the times of save and
+    load are SaveDatabase and LoadDatabase): the peak RSS rise of the coordinator and every
+    worker during a save and during a load, the save against the disk floor (writing and
+    fsyncing the same bytes), and bytes per user with every tenth user carrying small extras."""
+
+    params = [[2], [1_000_000]]
+    repeat = (1, 3, 60.0)
+
+    def setup(self, cache: dict, shards: int, users: int) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="memory-", dir=os.getcwd())
+        gc.collect()
+
+    def _pids(self) -> list[int]:
+        return [os.getpid()] + [int(s["pid"]) for s in self.db.stats()["shards"]]
+
+    def track_peak_save_bytes(self, cache: dict, shards: int, users: int) -> int:
+        """Peak RSS rise over all processes while 1M users are saved."""
+        self._open(cache, shards, users)
+        return _peak_rss_rise(self._pids(), lambda: self.db.save(os.path.join(self.tmp, "users_db.json")))[0]
+
+    track_peak_save_bytes.unit = "bytes"
+
+    def track_peak_load_bytes(self, cache: dict, shards: int, users: int) -> int:
+        """Peak RSS rise over all processes while 1M users are loaded into an empty DataBase."""
+        self._open(cache, shards, users, load=False)
+        return _peak_rss_rise(self._pids(), lambda: self.db.load(cache["snapshots"][_key(shards, users)]))[0]
+
+    track_peak_load_bytes.unit = "bytes"
+
+    def track_save_over_disk_floor(self, cache: dict, shards: int, users: int) -> float:
+        """Seconds of a save divided by the seconds to write and fsync as many bytes per shard file."""
+        self._open(cache, shards, users)
+        path = os.path.join(self.tmp, "users_db.json")
+        seconds = _peak_rss_rise(self._pids(), lambda: self.db.save(path))[1]
+        with open(path, encoding="utf-8") as f:
+            sizes = [entry["bytes"] for entry in json.load(f)["files"]]
+        return seconds / _disk_floor(self.tmp, sizes)
+
+    track_save_over_disk_floor.unit = "ratio"
+
+    def track_bytes_per_user_extras(self, cache: dict, shards: int, users: int) -> float:
+        """RSS of the coordinator and every worker after adding the users (every tenth with an
+        email and a tag), minus the same empty, per user; added in chunks of 100k."""
+        self._open(cache, shards, users, load=False)
+        pids = self._pids()
+        gc.collect()
+        empty = _rss(pids)
+        for k, start in enumerate(range(0, users, 100_000)):
+            chunk = generate_users(min(100_000, users - start), SEED + k)
+            for i in range(0, len(chunk), 10):
+                u = chunk[i]
+                chunk[i] = User(u.name, u.age, u.ID, extras={"email": f"{u.name.lower()}@example.com", "tag": f"t{i % 8}"})
+            self.db.add_users(chunk)
+        del chunk
+        gc.collect()
+        return (_rss(pids) - empty) / users
+
+    track_bytes_per_user_extras.unit = "bytes"
 
 
 # ---------------------------------------------------------------- durability

@@ -38,7 +38,9 @@ from .codec import (
     encode_ids,
     gc_paused,
     id_bytes_of_rows,
+    pack_columns,
     pack_rows,
+    users_to_columns,
 )
 from .config import MAX_AUTOSAVE_INTERVAL, MIN_CHECKPOINT_BYTES, Config, load_config
 from .errors import (
@@ -57,6 +59,7 @@ from .routing import HASH_SCHEME, shard_of, shards_of, split_positions
 from .saving import LoadProgress, Progress, SaveSession
 from .shards import Liveness, ShardFailure, ShardHandle, exchange
 from .user import User, check_id
+from .workers.columnar import take_rows
 
 _ID = attrgetter("ID")
 _EMPTY_LIST = encode([])
@@ -490,6 +493,10 @@ class DataBase:
             messages[shard_of(users[0].ID.bytes, n) if n > 1 else 0] = write_message(op, Raw(encode(users)))
             return messages
         batch = _Batch(list(map(_ID, users)), None, [], None, len(self._shards))
+        if op == "add":  # as columns: the workers apply them without an object per user
+            assert batch.rows is not None
+            cols = users_to_columns(users, batch.rows)
+            return [write_message("add_columns", pack_columns(take_rows(cols, pos))) if len(pos) else None for pos in batch.per_shard]
         return [write_message(op, Raw(encode(_subset(users, pos)))) if len(pos) else None for pos in batch.per_shard]
 
     @_locked

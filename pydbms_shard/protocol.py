@@ -56,6 +56,7 @@ COMMANDS: dict[str, Command] = {
 
 WRITES: dict[str, Command] = {
     "add": _c("records", "records", "how many were added"),
+    "add_columns": _c("columns", "", "how many were added (columns: a binary block, see codec.pack_columns)"),
     "upsert": _c("records", "records", "[how many were new, the IDs replaced]"),
     "remove": _c("ids names", "ids names", "the IDs removed"),
     "clear": _c(),

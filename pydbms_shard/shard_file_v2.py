@@ -29,7 +29,6 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator
-from itertools import compress
 from operator import attrgetter
 from pathlib import Path
 from typing import IO, Any, Final
@@ -39,7 +38,7 @@ import msgspec
 import numpy as np
 import zstandard
 
-from .codec import Record, encode, gc_paused
+from .codec import Record, build_columns, gc_paused
 from .errors import SnapshotError
 from .snapshot import (
     FILE_MAGIC,
@@ -447,26 +446,10 @@ def records_to_columns(records: list[Record]) -> Columns:
     joined_ids = b"".join(ids)
     if len(joined_ids) != 16 * n or any(len(i) != 16 for i in ids):
         raise ValueError("an ID that is not 16 bytes")
-    ages = np.fromiter(map(attrgetter("age"), records), dtype=np.uint8, count=n)
-    names = list(map(attrgetter("name"), records))
-    joined = "".join(names)
-    if joined.isascii():  # the common case: characters are bytes
-        name_arena, name_lens = joined.encode("ascii"), map(len, names)
-    else:
-        encoded = [name.encode() for name in names]
-        name_arena, name_lens = b"".join(encoded), map(len, encoded)
-    name_ends = np.cumsum(np.fromiter(name_lens, dtype=np.uint64, count=n), dtype=np.uint64)
-    extras = list(map(attrgetter("extras"), records))
-    has = [e is not None for e in extras]
-    extra_lens = np.zeros(n, dtype=np.uint64)
-    if any(has):
-        packed = [encode(e) for e in compress(extras, has)]
-        extra_lens[np.flatnonzero(has)] = [len(p) for p in packed]
-        extra_arena = b"".join(packed)
-    else:
-        extra_arena = b""
     ids_array = np.frombuffer(joined_ids, dtype=np.uint8).reshape(n, 16)
-    return Columns(ids_array, ages, name_ends, name_arena, np.cumsum(extra_lens, dtype=np.uint64), extra_arena)
+    return build_columns(
+        ids_array, map(attrgetter("age"), records), list(map(attrgetter("name"), records)), list(map(attrgetter("extras"), records))
+    )
 
 
 def columns_to_records(cols: Columns) -> list[Record]:

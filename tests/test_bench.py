@@ -137,3 +137,55 @@ def test_asv_check_passes():
     done = subprocess.run([asv, "check", "--python=same"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "No problems found" in done.stdout
+
+
+@pytest.mark.slow
+def test_memory_and_scale_tables(tmp_path, capsys):
+    """The Memory and scale tables end to end with 2k users: structure and sane values (bytes per
+    user, peaks, positive times), never the speed."""
+    code = run.main(
+        ["--users", "2000", "--iterations", "1", "--shards", "2", "--output", str(tmp_path), "--quiet", "--no-durability", "--no-chart"]
+        + ["--memory", "--heap", "--scale", "2000,4000"]
+    )
+    assert code == 0
+    [json_path] = tmp_path.glob("bench-*.json")
+    doc = json.loads(json_path.read_text())
+    assert doc["settings"]["memory"] is True and doc["settings"]["heap"] is True and doc["settings"]["scale"] == [2000, 4000]
+    extra = doc["memory_and_scale"]
+    m = extra["memory"]
+    assert m["users"] == 2000 and m["shards"] == 2 and m["rounds"] == 1
+    for key in ("ours", "original", "ours_extras", "original_extras"):
+        assert m[key]["users"] == 2000
+        assert m[key]["rss_bytes_per_user"] > 16, (key, m[key])
+    assert m["ours"]["processes"] == 3 and m["original"]["processes"] == 1
+    for key in ("ours", "original"):
+        assert m[key]["save_median"] > 0 and m[key]["load_median"] > 0 and m[key]["snapshot_bytes"] > 0
+        assert m[key]["save_peak_max"] >= 0 and m[key]["load_peak_max"] >= 0
+    assert m["ours"]["floor_median"] > 0 and m["original"]["floor_median"] is None
+    assert all(value is None or value > 0 for value in m["ratios"].values())
+    assert m["ratios"]["save_vs_floor"] == pytest.approx(m["ours"]["save_median"] / m["ours"]["floor_median"])
+
+    s = extra["scale"]
+    assert [r["users"] for r in s["sizes"]] == [2000, 4000] and s["batch"] == 200 and s["reference_users"] == 2000
+    for r in s["sizes"]:
+        assert set(r["medians"]) == {"load", "save", "add", "search_ids"}
+        assert all(v > 0 for v in r["medians"].values()) and r["snapshot_bytes"] > 0
+    assert all(v == 1.0 for v in s["sizes"][0]["ratios"].values())
+
+    h = extra["heap_rows"]
+    assert h["ours"] == "ours-2" and h["reference"] == "original" and h["rounds"] == 1
+    assert h["ballast_objects"] == 6000 and h["gc_tracked_objects"] > 6000
+    assert set(h["ratios"]) == set(workload.BATCH_ROWS) and all(v > 0 for v in h["ratios"].values())
+
+    printed = capsys.readouterr().out
+    assert "== Memory and scale ==" in printed
+    assert "bytes/user, RSS, no extras" in printed and "disk floor" in printed and "save / floor" in printed
+    assert "Scale (" in printed and "big caller heap" in printed
+
+
+def test_parse_sizes():
+    assert run.parse_sizes("1000000, 4_000_000,1000000") == [1_000_000, 4_000_000]
+    with pytest.raises(run.argparse.ArgumentTypeError):
+        run.parse_sizes("5")
+    with pytest.raises(run.argparse.ArgumentTypeError):
+        run.parse_sizes("many")

@@ -17,10 +17,13 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pydbms_shard import protocol, snapshot
 from pydbms_shard.codec import (
     Raw,
     decode_any,
+    decode_bytes,
     decode_bytes_list,
     decode_parts,
     decode_records,
@@ -28,6 +31,7 @@ from pydbms_shard.codec import (
     decode_str_list,
     encode,
     gc_paused,
+    unpack_columns,
     unpack_id_rows,
 )
 from pydbms_shard.errors import LogError
@@ -94,8 +98,17 @@ class ShardWorker:
         ``mine`` keeps only this shard's records (replaying a log written by another layout)."""
         if self.apply_faults and partition is self.partition:
             self.apply_faults -= 1
-            partition.add_ids(decode_records(args[0])[:1] if op in ("add", "upsert") else [])
+            if op == "add_columns":
+                partition.add_columns(take_rows(unpack_columns(decode_bytes(args[0])), np.arange(1)))
+            else:
+                partition.add_ids(decode_records(args[0])[:1] if op in ("add", "upsert") else [])
             raise MemoryError("injected: out of memory while applying a write")
+        if op == "add_columns":
+            cols = unpack_columns(decode_bytes(args[0]))
+            if mine:
+                cols = take_rows(cols, shards_of_joined(cols.ids.tobytes(), self.shards) == self.shard)
+            rows = partition.add_columns(cols)
+            return len(rows), lambda: partition.remove(_id_list(cols.ids[rows]), [])
         if op == "add":
             with gc_paused():
                 records = decode_records(args[0])
@@ -365,6 +378,12 @@ class ShardWorker:
             return encode([False, "ShardPoisoned", str(exc), True])
         except Exception as exc:
             return encode([False, type(exc).__name__, str(exc)])
+
+
+def _id_list(ids: np.ndarray) -> list[bytes]:
+    """``(n, 16)`` ID bytes as a list of 16-byte strings (undoing a batch added as columns)."""
+    joined = np.ascontiguousarray(ids).tobytes()
+    return [joined[i : i + 16] for i in range(0, len(joined), 16)]
 
 
 def _rss_bytes() -> int:

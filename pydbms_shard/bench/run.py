@@ -1,9 +1,13 @@
 """The benchmark behind ``scripts/bench`` and ``pydbms bench``: the original's table for our
 engine at each shard count and for both references, side by side, then what durability costs
 (the write-ahead log against the same engine in memory, see :mod:`.durability`), plus results
-as JSON and a PNG chart.
+as JSON and a PNG chart. Optional tables under "Memory and scale": bytes per user, peak memory,
+save against the disk floor (``--memory``, :mod:`.memory`), scaling with the user count
+(``--scale LIST``, :mod:`.scale`) and the batch rows under a big caller heap (``--heap``,
+:mod:`.heap`); ``--memory-and-scale`` turns on all three.
 
     python -m pydbms_shard.bench.run --users 1000000 --iterations 5 --shards 1,2,default
+    python -m pydbms_shard.bench.run --shards 2 --iterations 3 --memory-and-scale --scale 1000000,4000000,10000000
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from typing import Any
 
 from ..args import CommandError, OneLineParser, whole_number
 from .durability import BATCH_USERS, QUICK_SINGLE_CALLS, SINGLE_CALLS, format_durability, run_durability
+from .heap import format_heap, run_heap_rows
+from .memory import format_memory, run_memory
+from .scale import format_scale, run_scale
 from .workload import (
     BATCH_ROWS,
     DEFAULT_SEED,
@@ -40,6 +47,7 @@ FULL_USERS, FULL_ITERATIONS, FULL_SHARDS = 1_000_000, 5, "1,2,default"
 REFERENCE = "original"  # the ratio column divides by reference (a)
 BACKUP_LIMIT_S = 0.050
 CACHED_GET_LIMIT_US, UNCACHED_GET_LIMIT_US = 5.0, 100.0
+EXTRA_ROUNDS = 3  # rounds of the Memory and scale measurements (fewer when --iterations is smaller)
 
 
 _positive_int = whole_number(1)
@@ -65,6 +73,26 @@ def parse_shards(text: str) -> list[int]:
             out.append(value)
     if not out:
         raise argparse.ArgumentTypeError("give at least one shard count")
+    return out
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``"1000000,4000000"`` -> ``[1000000, 4000000]`` (at least 10 each, without repeats, in order)."""
+    out: list[int] = []
+    for token in text.replace("_", "").split(","):
+        token = token.strip()
+        if not token:
+            continue
+        try:
+            value = int(token)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"user counts are whole numbers, got {token!r}") from None
+        if value < 10:
+            raise argparse.ArgumentTypeError(f"a user count must be at least 10, got {value}")
+        if value not in out:
+            out.append(value)
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one user count")
     return out
 
 
@@ -105,6 +133,25 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--output", type=Path, default=Path("bench-results"), metavar="DIR", help="where the JSON and the chart go (default bench-results/)"
     )
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
+    extra = parser.add_argument_group("Memory and scale (optional; our engine at the default shard count against reference (a))")
+    extra.add_argument(
+        "--memory",
+        action="store_true",
+        help="bytes per user over all processes (no extras, and 10%% of users with small extras), peak memory "
+        "during save and load, save and load against reference (a) and the disk floor, at N users",
+    )
+    extra.add_argument(
+        "--scale",
+        type=parse_sizes,
+        default=None,
+        metavar="LIST",
+        help="user counts, comma-separated (e.g. 1000000,4000000,10000000): load, save, a batch add and a search of "
+        "IDs at each, with ratios against the first",
+    )
+    extra.add_argument(
+        "--heap", action="store_true", help="the five batch rows with the GC on and a big caller heap (3 live objects per user)"
+    )
+    extra.add_argument("--memory-and-scale", action="store_true", help="all three (--scale defaults to 1000000)")
     durability = parser.add_mutually_exclusive_group()
     durability.add_argument(
         "--durability-only", action="store_true", help="only the Durability measurements (log against memory; recovery of N users)"
@@ -275,6 +322,11 @@ def format_report(doc: dict[str, Any]) -> str:
 
     if records:
         out += _format_footprint(doc)
+    extra = doc.get("memory_and_scale") or {}
+    tables = [(extra.get(k), f) for k, f in (("memory", format_memory), ("scale", format_scale), ("heap_rows", format_heap))]
+    if any(section for section, _ in tables):
+        out += ["== Memory and scale ==", ""]
+        out += [line for section, fmt in tables if section for line in (fmt(section), "")]
     if doc.get("durability"):
         out += [format_durability(doc["durability"]), ""]
     return "\n".join(out)
@@ -396,8 +448,23 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     output.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     results: list[EngineResult] = []
+    scale = args.scale or ([FULL_USERS] if args.memory_and_scale else None)
+    extra: dict[str, Any] = {"memory": None, "scale": None, "heap_rows": None}
     if not args.durability_only:
-        _, results = run_all(engines, users, iterations, workdir=output, seed=args.seed, progress=progress)
+        workload, results = run_all(engines, users, iterations, workdir=output, seed=args.seed, progress=progress)
+        # our engine at the default shard count (else the largest measured), as the targets use
+        target = cpus if cpus in shard_counts else max(shard_counts)
+        rounds = min(iterations, EXTRA_ROUNDS)
+        if args.heap or args.memory_and_scale:
+            ours = next(e for e in engines if isinstance(e, OursEngine) and e.shards == target)
+            extra["heap_rows"] = run_heap_rows(ours, make_engine("original"), workload, rounds, progress)
+        del workload
+        gc.collect()
+        with tempfile.TemporaryDirectory(prefix="pydbms-bench-", dir=output) as tmp:
+            if args.memory or args.memory_and_scale:
+                extra["memory"] = run_memory(users, target, rounds, tmp, args.seed, progress)
+            if scale:
+                extra["scale"] = run_scale(scale, target, rounds, tmp, args.seed, progress)
     durability = None
     if not args.no_durability:
         gc.collect()
@@ -426,10 +493,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             "default_shards": cpus,
             "quick": args.quick,
             "durability": "only" if args.durability_only else ("skipped" if args.no_durability else "measured"),
+            "memory": extra["memory"] is not None,
+            "scale": None if extra["scale"] is None else [r["users"] for r in extra["scale"]["sizes"]],
+            "heap": extra["heap_rows"] is not None,
         },
         "rows": list(ROWS),
         "engines": records,
         "targets": evaluate_targets(records),
+        "memory_and_scale": extra,
         "durability": durability,
         "elapsed_seconds": round(time.perf_counter() - started, 1),
     }

@@ -233,7 +233,7 @@ class OriginalEngine(Engine):
     snapshot_name = "users_db.json"
 
     def prepare(self, users: list[User]) -> list[OriginalUser]:
-        return [OriginalUser(u.name, u.age, u.ID) for u in users]
+        return [OriginalUser(u.name, u.age, u.ID, dict(u.extras) if u.extras else None) for u in users]
 
     def open(self) -> OriginalDataBase:
         return OriginalDataBase()
