@@ -56,6 +56,7 @@ from .snapshot import (
     _read_whole,
     _remove_quietly,
     iter_shard_file,
+    open_shard_file,
     read_shard_file,
 )
 from .workers.columnar import Columns, empty_columns
@@ -365,17 +366,7 @@ def iter_open_columns(
 def iter_columns_file(path: Path, expect: ManifestFile | None = None) -> Iterator[Columns]:
     """Verify a v2 shard file, then yield its users block by block (bounded memory: a worker
     loading another shard count keeps only its rows of each)."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise SnapshotError(f"{path}: missing") from None
-    except OSError as exc:
-        raise SnapshotError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        _check_size(path, size, expect)
-        header = f.read(HEADER.size)
-        head = _check_header(path, header, expect)
+    with open_shard_file(path, expect) as (f, size, header, head):
         if head.version != FILE_VERSION_COLUMNS:
             raise SnapshotError(f"{path}: a format version {head.version} file, not a columnar (version 2) one")
         yield from iter_open_columns(path, f, size, header, head, expect)
@@ -383,16 +374,10 @@ def iter_columns_file(path: Path, expect: ManifestFile | None = None) -> Iterato
 
 def iter_any_columns(path: Path, expect: ManifestFile | None = None) -> Iterator[Columns]:
     """The users of a shard file of either version, block by block, as Columns."""
-    try:
-        with open(path, "rb") as f:
-            version = _check_header(path, f.read(HEADER.size), expect).version
-    except FileNotFoundError:
-        raise SnapshotError(f"{path}: missing") from None
-    except OSError as exc:
-        raise SnapshotError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if version == FILE_VERSION_COLUMNS:
-        yield from iter_columns_file(path, expect)
-        return
+    with open_shard_file(path, expect) as (f, size, header, head):
+        if head.version == FILE_VERSION_COLUMNS:
+            yield from iter_open_columns(path, f, size, header, head, expect)
+            return
     for records in iter_shard_file(path, expect):
         try:
             yield records_to_columns(records)

@@ -439,8 +439,14 @@ def _parse_blocks(path: Path, data: bytes | memoryview, decode: Callable[[Any], 
 
 
 def _read_whole(path: Path) -> bytes:
+    """A whole shard file; a pipe, a device or a directory in its place is refused unread."""
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise SnapshotError(f"{path}: not a regular file")
+        with os.fdopen(fd, "rb") as f:
+            os.set_blocking(fd, True)
             return f.read()
     except FileNotFoundError:
         raise SnapshotError(f"{path}: missing") from None
@@ -485,22 +491,34 @@ def read_shard_file(path: Path, expect: ManifestFile | None = None) -> list[Reco
     return records
 
 
+@contextmanager
+def open_shard_file(path: Path, expect: ManifestFile | None = None) -> Iterator[tuple[IO[bytes], int, bytes, ShardHeader]]:
+    """Open a shard file whose size and header check out (against ``expect``, the manifest's
+    entry): the file positioned after its header, its size, the header bytes and fields. A
+    pipe, a device or a directory in its place is refused before anything is read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the open
+    except FileNotFoundError:
+        raise SnapshotError(f"{path}: missing") from None
+    except OSError as exc:
+        raise SnapshotError(f"{path}: cannot read ({describe_os_error(exc)})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise SnapshotError(f"{path}: not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        os.set_blocking(fd, True)
+        _check_size(path, st.st_size, expect)
+        header = f.read(HEADER.size)
+        yield f, st.st_size, header, _check_header(path, header, expect)
+
+
 def iter_shard_file(
     path: Path, expect: ManifestFile | None = None, decode: Callable[[Any], list[Any]] = decode_records
 ) -> Iterator[list[Any]]:
     """Verify a shard file, then stream its records block by block (bounded memory). A v2 file's
     blocks come as records too, through ``decode`` unless it is the default."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise SnapshotError(f"{path}: missing") from None
-    except OSError as exc:
-        raise SnapshotError(f"{path}: cannot read ({describe_os_error(exc)})") from None
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        _check_size(path, size, expect)
-        header = f.read(HEADER.size)
-        file_head = _check_header(path, header, expect)
+    with open_shard_file(path, expect) as (f, size, header, file_head):
         users = file_head.users
         if file_head.version == FILE_VERSION_COLUMNS:
             from .shard_file_v2 import iter_open_columns

@@ -371,3 +371,18 @@ def test_a_database_loads_a_v2_snapshot(tmp_path: Path, shards: int) -> None:
         db.load(path)
         got = sorted((u.ID.bytes, u.name, u.age, msgspec.json.encode(u.to_dict()["extras"])) for u in db)
     assert got == sorted((r.id, r.name, r.age, msgspec.json.encode(r.extras or {})) for r in records)
+
+
+@pytest.mark.timeout(30)
+def test_a_pipe_or_directory_in_place_of_a_shard_file_is_refused_without_blocking(tmp_path):
+    for make in (os.mkfifo, os.mkdir):
+        path = tmp_path / f"odd-{make.__name__}"
+        make(path)
+        for reader in (
+            read_shard_columns,
+            lambda p: list(iter_columns_file(p)),
+            snap.read_shard_file,
+            lambda p: list(snap.iter_shard_file(p)),
+        ):
+            with pytest.raises(SnapshotError):
+                reader(path)
