@@ -170,6 +170,7 @@ def test_memory_and_scale_tables(tmp_path, capsys):
     for r in s["sizes"]:
         assert set(r["medians"]) == {"load", "save", "add", "search_ids"}
         assert all(v > 0 for v in r["medians"].values()) and r["snapshot_bytes"] > 0
+        assert r["floor_median"] > 0 and r["save_vs_floor"] > 0 and r["rss_bytes_per_user"] > 16
     assert all(v == 1.0 for v in s["sizes"][0]["ratios"].values())
 
     h = extra["heap_rows"]

@@ -1,6 +1,7 @@
 """How our engine scales with the number of users: for each ``n`` of ``--scale``, in a fresh child
-process (:mod:`.child`), ``n`` users are added in chunks of 1M (the caller never holds more),
-then ``rounds`` times each (medians): a save, a load into a fresh empty database, a batch add of
+process (:mod:`.child`), ``n`` users are added in chunks of 100,000 (the caller never holds
+more), then ``rounds`` times each (medians): a save (and beside it the disk floor, as in
+:mod:`.memory`), a load into a fresh empty database, a batch add of
 ``batch`` new users (removed again, untimed, after each), and a search of ``batch`` stored IDs
 drawn without repeats from all ``n``. Ratios divide each row by the same row at the first ``n``
 of the list (1M by default), so 1.00x means it does not grow with the database.
@@ -22,16 +23,17 @@ import numpy as np
 from ..coordinator import DataBase
 from ..generate import generate_users
 from ..snapshot import read_manifest
+from ..user import User
 from .child import run_in_child
-from .memory import rss, user_chunks
+from .memory import CHUNK, disk_floor, rss, user_chunks
 from .workload import DEFAULT_SEED
 
-CHUNK = 1_000_000
 BATCH = 100_000
 ROWS = ("load", "save", "add", "search_ids")
 LABELS = {"load": "load (s)", "save": "save (s)", "add": "add batch (s)", "search_ids": "search IDs (s)"}
 
 Progress = Callable[[str], None]
+Query = User | uuid.UUID | str
 
 
 def _silent(message: str) -> None:
@@ -52,11 +54,12 @@ def measure_scale(users: int, shards: int, batch: int, rounds: int, workdir: str
     snap = Path(workdir) / f"scale-{users}" / "users_db.json"
     snap.parent.mkdir(parents=True, exist_ok=True)
     times: dict[str, list[float]] = {row: [] for row in ROWS}
+    floors: list[float] = []
     with DataBase(shards=shards) as db:
         pids = [os.getpid()] + [int(s["pid"]) for s in db.stats()["shards"]]
         before = rss(pids)
-        search_ids: list[uuid.UUID] = []
-        for k, chunk in enumerate(user_chunks(users, seed, size=CHUNK)):
+        search_ids: list[Query] = []
+        for k, chunk in enumerate(user_chunks(users, seed)):
             db.add_users(chunk)
             start = k * CHUNK
             mine = picked[(picked >= start) & (picked < start + len(chunk))] - start
@@ -65,12 +68,13 @@ def measure_scale(users: int, shards: int, batch: int, rounds: int, workdir: str
         gc.collect()
         rss_per_user = (rss(pids) - before) / users
         extra = generate_users(batch, seed + 1_000_003)
-        extra_ids = [u.ID for u in extra]
+        extra_ids: list[Query] = [u.ID for u in extra]
         for _ in range(rounds):
             times["add"].append(_timed(lambda: db.add_users(extra)))
             db.remove_users(extra_ids)
             times["search_ids"].append(_timed(lambda: db.search_users(search_ids)))
             times["save"].append(_timed(lambda: db.save(snap)))
+            floors.append(disk_floor(snap.parent, [f.bytes for f in read_manifest(snap).files]))
         if len(db) != users:
             raise RuntimeError(f"scale {users:,}: {len(db)} users stored")
     for _ in range(rounds):
@@ -86,6 +90,9 @@ def measure_scale(users: int, shards: int, batch: int, rounds: int, workdir: str
         "snapshot_bytes": snap.stat().st_size + sum(f.bytes for f in manifest.files),
         "seconds": times,
         "medians": {row: statistics.median(times[row]) for row in ROWS},
+        "floor_seconds": floors,
+        "floor_median": statistics.median(floors),
+        "save_vs_floor": statistics.median(times["save"]) / statistics.median(floors),
     }
 
 
@@ -112,12 +119,12 @@ def format_scale(s: dict[str, Any]) -> str:
             f"Scale ({s['shards']} shard(s); medians of {s['rounds']} round(s); batches of {s['batch']:,}; "
             f"ratio = row at N / row at {s['reference_users']:,})"
         ),
-        f"{'Users':>12}{'B/user':>9}" + "".join(f"{LABELS[row]:>16}{'ratio':>8}" for row in ROWS),
-        "_" * (21 + 24 * len(ROWS)),
+        f"{'Users':>12}{'B/user':>9}" + "".join(f"{LABELS[row]:>16}{'ratio':>8}" for row in ROWS) + f"{'save/floor':>12}",
+        "_" * (33 + 24 * len(ROWS)),
     ]
     for r in s["sizes"]:
         cells = "".join(f"{r['medians'][row]:>16.4f}{_x(r['ratios'][row]):>8}" for row in ROWS)
-        lines.append(f"{r['users']:>12,}{r['rss_bytes_per_user']:>9.1f}{cells}")
+        lines.append(f"{r['users']:>12,}{r['rss_bytes_per_user']:>9.1f}{cells}{_x(r['save_vs_floor']):>12}")
     lines.append("B/user: RSS of the coordinator and every worker after adding the users, minus before, per user")
     return "\n".join(lines)
 
