@@ -964,6 +964,10 @@ class ColumnPartition:
         Query numbers count the IDs first, then the names; they come out in increasing order,
         and the users of one name in row order (see the module's docstring).
         """
+        hits, rows = self._find_rows(ids, names)
+        return hits, self._records(rows)
+
+    def _find_rows(self, ids: list[bytes], names: list[str]) -> tuple[list[int], np.ndarray]:
         id_rows = self._id_rows(ids) if ids else np.zeros(0, dtype=np.int64)
         hits = np.flatnonzero(id_rows >= 0)
         rows = id_rows[hits]
@@ -973,7 +977,7 @@ class ColumnPartition:
             queries, name_rows = self._walk(slots[asked])
             hits = np.concatenate((hits, asked[queries] + len(ids)))
             rows = np.concatenate((rows, name_rows))
-        return hits.tolist(), self._records(rows)
+        return hits.tolist(), rows
 
     def values(self) -> list[Record]:
         """Every live user, in row order (a list of new objects: a consistent cut)."""
@@ -1048,6 +1052,43 @@ class ColumnPartition:
             np.cumsum(extra_lens).astype(np.uint64),
             extra_arena,
         )
+
+    def rows_as_columns(self, rows: np.ndarray) -> Columns:
+        """The given rows (live or just removed) as new Columns, in that order: what a reply or
+        an undo carries, without an object per user."""
+        starts, lens = self._spans(rows)
+        name_arena = _gather(self._arena, starts, lens).tobytes() if len(rows) else b""
+        extra_lens = np.zeros(len(rows), dtype=np.int64)
+        extra_arena = b""
+        if self._extras and len(rows):
+            get = self._extras.get
+            packed = list(map(get, rows.tolist()))
+            has = [p is not None for p in packed]
+            if any(has):
+                present = [p for p in packed if p is not None]
+                extra_lens[np.flatnonzero(has)] = np.fromiter(map(len, present), dtype=np.int64, count=len(present))
+                extra_arena = b"".join(present)
+        return Columns(
+            self._ids[rows],
+            self._ages[rows],
+            np.cumsum(lens).astype(np.uint64),
+            name_arena,
+            np.cumsum(extra_lens).astype(np.uint64),
+            extra_arena,
+        )
+
+    def remove_columns(self, ids: list[bytes], names: list[str]) -> Columns:
+        """As ``remove_records``, the users removed as Columns (their IDs are the reply, and
+        ``add_columns`` of them undoes the batch)."""
+        rows = self._remove_rows(ids, names)
+        removed = self.rows_as_columns(rows)
+        self._maybe_compact()
+        return removed
+
+    def find_columns(self, ids: list[bytes], names: list[str]) -> tuple[list[int], Columns]:
+        """As ``find``, the matches as Columns (encoded for the reply without a Record each)."""
+        hits, rows = self._find_rows(ids, names)
+        return hits, self.rows_as_columns(rows)
 
     def nbytes(self) -> int:
         """Bytes held by the columns, arena, tables and extras (not counting Python headers)."""

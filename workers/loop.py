@@ -33,12 +33,14 @@ from pydbms_shard.codec import (
     decode_str_list,
     encode,
     gc_paused,
+    pack_rows,
+    records_msgpack,
     unpack_columns,
     unpack_id_rows,
 )
 from pydbms_shard.errors import LogError
 from pydbms_shard.routing import shards_of_joined
-from pydbms_shard.shard_file_v2 import columns_to_records, concat_columns, iter_any_columns, read_shard_columns
+from pydbms_shard.shard_file_v2 import concat_columns, iter_any_columns, read_shard_columns
 
 from . import log as wal
 from .columnar import Columns, empty_columns, slice_rows, take_rows
@@ -123,8 +125,8 @@ class ShardWorker:
                 inserted, replaced = partition.upsert_undoable(mine(records) if mine else records)
             return [len(inserted), [old.id for old in replaced]], lambda: partition.undo_upsert(inserted, replaced)
         if op == "remove":
-            removed = partition.remove_records(decode_bytes_list(args[0]), decode_str_list(args[1]))
-            return [record.id for record in removed], lambda: partition.add(removed)
+            removed = partition.remove_columns(decode_bytes_list(args[0]), decode_str_list(args[1]))
+            return _ids_msgpack(removed.ids), lambda: partition.add_columns(removed)
         if op == "clear":
             before = partition.state()
             partition.clear()
@@ -159,8 +161,8 @@ class ShardWorker:
         return [bool(present.all()), self.partition.names_present(decode_str_list(names))]
 
     def op_find(self, ids: Raw, names: Raw) -> list[Any]:
-        hits, records = self.partition.find(decode_bytes_list(ids), decode_str_list(names))
-        return [hits, records]
+        hits, found = self.partition.find_columns(decode_bytes_list(ids), decode_str_list(names))
+        return [hits, records_msgpack(found)]
 
     def op_count(self) -> int:
         return len(self.partition)
@@ -186,10 +188,10 @@ class ShardWorker:
         self.scans[token] = (cut, 0)
         return cut.rows
 
-    def op_scan_next(self, token: int, count: int) -> list[Any]:
+    def op_scan_next(self, token: int, count: int) -> Raw:
         """The next ``count`` users of the cut, as records (the reply carries them one by one)."""
         cut, pos = self.scans.get(token, (empty_columns(), 0))
-        chunk = columns_to_records(slice_rows(cut, pos, pos + count))
+        chunk = records_msgpack(slice_rows(cut, pos, pos + count))
         if pos + count >= cut.rows:
             self.scans.pop(token, None)
         else:
@@ -384,6 +386,13 @@ class ShardWorker:
             return encode([False, "ShardPoisoned", str(exc), True])
         except Exception as exc:
             return encode([False, type(exc).__name__, str(exc)])
+
+
+def _ids_msgpack(ids: np.ndarray) -> Raw:
+    """``(n, 16)`` ID bytes as a msgpack array of 16-byte bins, written in one go."""
+    rows = np.empty((len(ids), 18), dtype=np.uint8)
+    rows[:, 0], rows[:, 1], rows[:, 2:] = 0xC4, 16, ids
+    return pack_rows(rows)
 
 
 def _id_list(ids: np.ndarray) -> list[bytes]:
