@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pydbms_shard import User
-from pydbms_shard.codec import Record, encode_ids, pack_columns, unpack_columns, users_to_columns
-from pydbms_shard.shard_file_v2 import columns_to_records
+from pydbms_shard.codec import Record, decode_records, encode, encode_ids, pack_columns, records_msgpack, unpack_columns, users_to_columns
+from pydbms_shard.shard_file_v2 import columns_to_records, records_to_columns
 from pydbms_shard.workers.columnar import take_rows
 
 extras = st.none() | st.dictionaries(st.text(max_size=5), st.integers(-5, 5) | st.text(max_size=5) | st.none(), max_size=3)
@@ -46,3 +46,23 @@ def test_a_block_whose_sizes_do_not_add_up_is_refused():
     for bad in (block[:-1], block + b"x", block[:3], b"", b"\xff\xff\xff\xff" + block[4:]):
         with pytest.raises(ValueError):
             unpack_columns(bad)
+
+
+records = st.lists(
+    st.builds(
+        Record,
+        st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=300),  # fixstr, str8 and str16 names
+        st.integers(0, 150),  # fixint and uint8 ages
+        st.binary(min_size=16, max_size=16),
+        extras,
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records)
+def test_records_written_with_numpy_decode_as_msgspec_writes_them(batch):
+    raw = bytes(records_msgpack(records_to_columns(batch)))
+    assert decode_records(raw) == batch
+    assert decode_records(raw) == decode_records(encode(batch))
