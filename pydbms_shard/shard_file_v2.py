@@ -55,6 +55,7 @@ from .snapshot import (
     _create,
     _read_whole,
     _remove_quietly,
+    check_whole_file,
     iter_shard_file,
     open_shard_file,
     read_shard_file,
@@ -350,16 +351,7 @@ def iter_open_columns(
 ) -> Iterator[Columns]:
     """Stream the blocks of an open v2 file, positioned after its checked header: the whole
     file's checksum first (nothing is parsed from damaged bytes), then block by block."""
-    crc = zlib.crc32(header)
-    remaining = size - HEADER.size - TRAILER.size
-    while remaining:
-        chunk = f.read(min(_STREAM_CHUNK, remaining))
-        if not chunk:
-            raise SnapshotError(f"{path}: truncated while reading")
-        crc = zlib.crc32(chunk, crc)
-        remaining -= len(chunk)
-    _check_trailer(path, f.read(TRAILER.size), size, crc, expect)
-    f.seek(HEADER.size)
+    check_whole_file(path, f, size, header, expect)
     yield from _blocks(path, _FileBody(f, size - HEADER.size - TRAILER.size), head.users, _bound(size))
 
 

@@ -491,6 +491,21 @@ def read_shard_file(path: Path, expect: ManifestFile | None = None) -> list[Reco
     return records
 
 
+def check_whole_file(path: Path, f: IO[bytes], size: int, header: bytes, expect: ManifestFile | None) -> None:
+    """The CRC-32 of an open shard file (positioned after its header) against its trailer,
+    read in chunks; then back to the body's start. Nothing is parsed from damaged bytes."""
+    crc = zlib.crc32(header)
+    remaining = size - HEADER.size - TRAILER.size
+    while remaining:
+        chunk = f.read(min(_READ_CHUNK, remaining))
+        if not chunk:
+            raise SnapshotError(f"{path}: truncated while reading")
+        crc = zlib.crc32(chunk, crc)
+        remaining -= len(chunk)
+    _check_trailer(path, f.read(TRAILER.size), size, crc, expect)
+    f.seek(HEADER.size)
+
+
 @contextmanager
 def open_shard_file(path: Path, expect: ManifestFile | None = None) -> Iterator[tuple[IO[bytes], int, bytes, ShardHeader]]:
     """Open a shard file whose size and header check out (against ``expect``, the manifest's
@@ -527,16 +542,7 @@ def iter_shard_file(
                 records = _v2_records(path, cols)
                 yield records if decode is decode_records else _redecode(path, records, decode)
             return
-        crc = zlib.crc32(header)
-        remaining = size - HEADER.size - TRAILER.size
-        while remaining:
-            chunk = f.read(min(_READ_CHUNK, remaining))
-            if not chunk:
-                raise SnapshotError(f"{path}: truncated while reading")
-            crc = zlib.crc32(chunk, crc)
-            remaining -= len(chunk)
-        _check_trailer(path, f.read(TRAILER.size), size, crc, expect)
-        f.seek(HEADER.size)
+        check_whole_file(path, f, size, header, expect)
         body = _Limited(f, size - HEADER.size - TRAILER.size)
         seen = 0
         try:
