@@ -48,6 +48,7 @@ from .columns import ColumnPartition
 from .id_index import as_rows
 
 _PARENT_POLL_SECONDS = 0.5
+_TRIM_AFTER_BYTES = 1 << 20  # a write message this big (~30,000 users) is followed by a malloc_trim (2-4 ms)
 
 
 class _Poisoned(Exception):
@@ -68,6 +69,7 @@ class ShardWorker:
         self.stopping = False
         self.log: wal.SegmentWriter | None = None
         self.apply_faults = 0  # test hook (op_inject_fault "apply")
+        self.trim_due = False  # a big write's temporaries are freed: return them once replied
         self.placement: dict[str, Any] = {}  # where it runs, when elsewhere (a Ray actor: node, node_ip, host)
         self.claim: int | None = None  # the shared lock on the path's owner file (see snapshot.hold_as_worker)
         # the last write call, until the next one: (seq, log offset or None, how to revert it)
@@ -89,6 +91,7 @@ class ShardWorker:
         if op not in protocol.WRITES:
             raise ValueError(f"not a write command: {op!r}")
         offset = self.log.append(seq, nonce, touched, memoryview(message)) if self.log is not None else None
+        self.trim_due = self.trim_due or len(message) >= _TRIM_AFTER_BYTES
         try:
             result, revert = self._apply(self.partition, op, parts[1:])
         except BaseException as exc:
@@ -448,3 +451,6 @@ def main(conn: Any, events: Any, shard: int, shards: int, watch_parent: int) -> 
             return
         if worker.stopping:
             return
+        if worker.trim_due:  # after the reply: the caller does not wait for it
+            worker.trim_due = False
+            _return_freed_memory()
