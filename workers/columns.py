@@ -242,7 +242,7 @@ class ColumnPartition:
     _COMPACT_FRACTION: ClassVar[float] = 0.25
     _COMPACT_MIN: ClassVar[int] = 4096
     # tests narrow the name hash to force collisions
-    _HASH_MASK: ClassVar[int] = (1 << 64) - 1
+    _HASH_MASK: ClassVar[int] = (1 << 32) - 1  # 32 bits a name: collisions are settled against the arena anyway
 
     __slots__ = (
         "_ages",
@@ -295,7 +295,7 @@ class ColumnPartition:
         self._ages = np.zeros(cap, dtype=np.uint8)
         self._alive = np.zeros(cap, dtype=bool)
         self._ends = np.zeros(cap, dtype=np.uint32)
-        self._nhash = np.zeros(cap, dtype=np.uint64)
+        self._nhash = np.zeros(cap, dtype=np.uint32)
         self._nslot = np.zeros(cap, dtype=np.int32)
         self._next = np.zeros(cap, dtype=np.int32)
 
