@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -45,6 +47,9 @@ class _DuplicateKey(yaml.YAMLError):
 MAX_AUTOSAVE_INTERVAL = 31_536_000  # a year: longer waits overflow the platform's timers
 MAX_CALL_TIMEOUT = 86_400.0
 MIN_CHECKPOINT_BYTES = 64 << 20  # the log is checkpointed past max(this, the last snapshot's size)
+RAY_INSTALL_HINT = "pip install pydbms-shard[ray]"
+_RAY_ADDRESS = re.compile(r"auto|ray://[^\s/:]+:\d{1,5}|[^\s/:]+:\d{1,5}")
+_RAY_RESERVED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -66,6 +71,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     call_timeout: Annotated[float, msgspec.Meta(gt=0, le=MAX_CALL_TIMEOUT)] = 300.0
     max_restarts: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 5
     restart_window: Annotated[float, msgspec.Meta(gt=0, le=MAX_AUTOSAVE_INTERVAL)] = 60.0
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    ray_num_cpus_per_shard: Annotated[float, msgspec.Meta(ge=0, le=1024)] = 0.0
+    ray_resources_per_shard: dict[str, Annotated[float, msgspec.Meta(gt=0)]] | None = None
+    ray_placement: Literal["spread", "default"] = "spread"
+    ray_start_timeout: Annotated[float, msgspec.Meta(gt=0, le=MAX_CALL_TIMEOUT)] = 120.0
 
     @property
     def shard_count(self) -> int:
@@ -102,6 +113,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
             )
         if (config.save_on_close or config.autosave_interval) and not config.snapshot_path:
             raise ConfigError(f"{source}: key 'snapshot_path': save_on_close and autosave_interval need a snapshot_path")
+        _check_ray(config, source)
         return config
 
     @classmethod
@@ -125,6 +137,23 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
         merged = msgspec.structs.asdict(self)
         merged.update(changes)
         return Config.from_mapping(merged, source=source)
+
+
+def _check_ray(config: Config, source: str) -> None:
+    """The Ray settings make sense together, and Ray is there when the backend needs it."""
+    if config.ray_address is not None and not _RAY_ADDRESS.fullmatch(config.ray_address):
+        raise ConfigError(
+            f"{source}: key 'ray_address': expected null (start a local Ray), 'auto' (the cluster this machine "
+            f"belongs to), 'ray://host:port' (Ray Client) or 'host:port' (the head's GCS), got {config.ray_address!r}"
+        )
+    reserved = sorted(_RAY_RESERVED_RESOURCES & set(config.ray_resources_per_shard or ()))
+    if reserved:
+        raise ConfigError(
+            f"{source}: key 'ray_resources_per_shard': {reserved[0]!r} is not a custom resource "
+            "(CPUs are ray_num_cpus_per_shard; give custom resources here, e.g. {pydbms_shard: 0.25})"
+        )
+    if config.backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError(f"{source}: key 'backend': 'ray' needs Ray, which is not installed: {RAY_INSTALL_HINT}")
 
 
 def _explain(exc: msgspec.ValidationError) -> str:

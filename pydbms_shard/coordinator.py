@@ -57,7 +57,7 @@ from .errors import (
 from .protocol import request, write_message, write_request
 from .routing import HASH_SCHEME, shard_of, shards_of, split_positions
 from .saving import LoadProgress, Progress, SaveSession
-from .shards import Liveness, ShardFailure, ShardHandle, exchange
+from .shards import Liveness, ShardFailure, ShardHandle, exchange, start_shard
 from .user import User, check_id
 from .workers.columnar import take_rows
 
@@ -238,7 +238,7 @@ class DataBase:
         self._finalizer = weakref.finalize(self, _stop_all, self._shards, self._owner)
         try:
             for index in range(self.config.shard_count):
-                self._shards.append(ShardHandle(index, self.config.shard_count, self.config.start_method))
+                self._shards.append(start_shard(index, self.config.shard_count, self.config))
             exchange(self._shards, [request("ping")] * len(self._shards), timeout=self._timeout)
             if self._path is not None:
                 self._open_path(self._path)
@@ -990,7 +990,7 @@ class DataBase:
         up to the last call every shard applied. Restarts are capped; a shard that cannot be
         rebuilt (no log, too many restarts, damaged files) stays failed with a clear error."""
         old = self._shards[index]
-        why = old.dead or f"worker process {old.pid} died (exit code {old.process.exitcode})"
+        why = old.dead or old.death_reason()
         if self._closing:
             raise ClosedError("this DataBase is being closed")
         if not self._logging or self._chain is None:
@@ -1014,7 +1014,7 @@ class DataBase:
         problem: Exception | None = None
         for _attempt in range(2):  # a save may rotate the files away while they are read: once more
             try:
-                handle = ShardHandle(index, n, self.config.start_method)
+                handle = start_shard(index, n, self.config)
             except Exception as exc:
                 problem = exc
                 continue

@@ -1,8 +1,13 @@
-"""The coordinator's handles on its shard worker processes: start, talk, notice death, stop.
+"""The coordinator's handles on its shard workers: start, talk, notice death, stop.
 
-``exchange`` is the one way messages travel: send every shard its message first, then collect
-every reply, so the shards work at the same time. A dead worker surfaces as ``ShardError``
-naming the shard, at once (end-of-file on its pipe), never as a hang.
+:class:`ShardHandle` is the interface the coordinator sees, whatever runs the worker (the
+``backend`` setting): :class:`ProcessShard` is a worker process started with ``multiprocess``
+on this machine (``local``), ``ray_shards.RayShard`` a Ray actor anywhere in a Ray cluster
+(``ray``). :func:`start_shard` starts one for a config. ``exchange`` is the one way messages
+travel: send every shard its message first, then collect every reply, so the shards work at
+the same time. A dead worker surfaces as ``ShardError`` naming the shard, at once (end-of-file
+on its pipe, the actor's death), never as a hang. ``wait_for_events`` (the snapshot writers'
+reports) and :class:`Liveness` (which workers ended) ask the backend of the handles.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import multiprocess
 import multiprocess.connection
@@ -22,6 +27,9 @@ import multiprocess.spawn
 from .codec import decode_any, decode_parts
 from .errors import ShardError
 from .protocol import request
+
+if TYPE_CHECKING:
+    from .config import Config
 
 _LIVENESS_POLL_SECONDS = 0.25
 _JOIN_SECONDS = 5.0
@@ -59,9 +67,144 @@ def _context(start_method: str) -> Any:
     return context
 
 
+class Watcher(Protocol):
+    """A backend's way of telling which of its workers have ended, without asking them."""
+
+    def dead(self, handles: Sequence[ShardHandle]) -> list[ShardHandle]: ...
+
+
+class ShardHandle:
+    """One shard worker as the coordinator sees it, whatever runs it (see the module doc).
+
+    The bookkeeping is shared: ``dead`` (why it can no longer be used, or None), ``timed_out``
+    and ``unanswered`` (requests sent whose replies are not read yet: a call interrupted
+    half-way leaves replies that the next send reads and drops). A backend supplies the rest:
+    ``_send_bytes``/``_recv_bytes`` (raising ShardError when the worker is gone, killing it past
+    a deadline), ``alive``, ``pid``, ``kill``, ``stop``, ``events`` (``.closed`` once stopped),
+    ``death_reason`` and, for the handles of its kind, ``wait_events`` and ``watcher``."""
+
+    backend: ClassVar[str] = "?"
+    events: Any  # where the worker's snapshot writer reports; ``events.closed`` once stopped
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.dead: str | None = None
+        self.timed_out = False
+        self.unanswered = 0  # requests sent whose replies are not read yet
+
+    # ------------------------------------------------ the backend's part
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's OS process id (on its own node for a remote backend)."""
+        raise NotImplementedError
+
+    @property
+    def node(self) -> str | None:
+        """Where the worker runs, for a backend that runs workers elsewhere (None: here)."""
+        return None
+
+    @property
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def death_reason(self) -> str:
+        """Why the worker ended, as far as the backend knows (for a worker found dead)."""
+        return f"worker process {self.pid} died"
+
+    def _send_bytes(self, message: bytes) -> None:
+        raise NotImplementedError
+
+    def _recv_bytes(self, deadline: float | None) -> bytes:
+        raise NotImplementedError
+
+    def kill(self, why: str) -> None:
+        """Kill the worker at once (a stuck or stopped one too) and mark the handle dead."""
+        raise NotImplementedError
+
+    def stop(self, patience: float = _JOIN_SECONDS) -> None:
+        """Ask the worker to exit, then make sure it has within about ``patience`` seconds:
+        a stopped or stuck worker is killed, so closing never hangs."""
+        raise NotImplementedError
+
+    @classmethod
+    def wait_events(cls, handles: Sequence[ShardHandle], timeout: float) -> list[tuple[ShardHandle, Any]]:
+        """``wait_for_events`` for handles of this backend."""
+        raise NotImplementedError
+
+    @classmethod
+    def watcher(cls) -> Watcher:
+        """A :class:`Watcher` for handles of this backend."""
+        raise NotImplementedError
+
+    # ------------------------------------------------ shared
+
+    def _out_of_step(self) -> None:
+        self.dead = "a call was interrupted half-way through a message; the pipe is out of step (close and reopen)"
+
+    def send(self, message: bytes) -> None:
+        if self.dead:
+            raise ShardError(self.index, self.dead)
+        while self.unanswered:  # replies of a call that was interrupted: read and drop them
+            self.recv()
+        try:
+            self._send_bytes(message)
+        except ShardError:
+            raise
+        except BaseException:
+            self._out_of_step()
+            raise
+        self.unanswered += 1
+
+    def recv(self, deadline: float | None = None) -> list[Any]:
+        """The decoded reply parts ``[ok, ...]``. Past ``deadline`` (a ``time.monotonic()``
+        value) the worker is killed and ShardError says it timed out."""
+        data = self._recv_bytes(deadline)
+        self.unanswered -= 1
+        return decode_parts(data)
+
+    def ensure_gone(self) -> None:
+        """Kill and reap the worker if it still runs, keeping what was said about its death."""
+        why = self.dead
+        self.kill(why or "stopped after a failed call")
+
+
+def start_shard(index: int, shards: int, config: Config) -> ShardHandle:
+    """Start worker ``index`` of ``shards`` on the configured backend (it answers once started)."""
+    if config.backend == "ray":
+        from .ray_shards import RayShard
+
+        return RayShard(index, shards, config)
+    return ProcessShard(index, shards, config.start_method)
+
+
 class Liveness:
-    """Which workers have ended, in one system call: a process's sentinel becomes readable
-    when it ends. The poll set is built once per set of handles (a rebuilt shard renews it)."""
+    """Which workers have ended, asked of each backend's watcher (kept per backend: a local
+    one keeps its poll set between calls)."""
+
+    def __init__(self) -> None:
+        self._watchers: dict[type[ShardHandle], Watcher] = {}
+
+    def dead(self, handles: Sequence[ShardHandle]) -> list[ShardHandle]:
+        known: list[ShardHandle] = []
+        for kind, group in _by_backend(handles).items():
+            watcher = self._watchers.get(kind)
+            if watcher is None:
+                watcher = self._watchers[kind] = kind.watcher()
+            known += watcher.dead(group)
+        return known
+
+
+def _by_backend(handles: Sequence[ShardHandle]) -> dict[type[ShardHandle], list[ShardHandle]]:
+    groups: dict[type[ShardHandle], list[ShardHandle]] = {}
+    for h in handles:
+        groups.setdefault(type(h), []).append(h)
+    return groups
+
+
+class _SentinelLiveness:
+    """Which worker processes have ended, in one system call: a process's sentinel becomes
+    readable when it ends. The poll set is built once per set of handles (a rebuilt shard renews it)."""
 
     def __init__(self) -> None:
         self._handles: tuple[ShardHandle, ...] = ()
@@ -74,7 +217,7 @@ class Liveness:
             self._poller = select.poll()
             self._by_fd = {}
             for h in handles:
-                if not h.dead:
+                if not h.dead and isinstance(h, ProcessShard):
                     self._by_fd[h.process.sentinel] = h
                     self._poller.register(h.process.sentinel, select.POLLIN)
         known = [h for h in handles if h.dead]
@@ -85,13 +228,15 @@ class Liveness:
         return known
 
 
-class ShardHandle:
-    """One worker process and the coordinator's end of its pipe."""
+class ProcessShard(ShardHandle):
+    """One worker process on this machine (``multiprocess``) and the coordinator's end of its pipe."""
+
+    backend = "local"
 
     def __init__(self, index: int, shards: int, start_method: str) -> None:
         from .workers.loop import main  # the worker's entry point, importable in the child
 
-        self.index = index
+        super().__init__(index)
         context = _context(start_method)
         self.conn, child_conn = context.Pipe(duplex=True)
         # the worker's snapshot writer reports on its own pipe, so a save is awaited without
@@ -112,14 +257,14 @@ class ShardHandle:
             _starting.shard = False
         child_conn.close()  # only the worker holds its ends now: its death means EOF here
         child_events.close()
-        self.dead: str | None = None
-        self.timed_out = False
-        self.unanswered = 0  # requests sent whose replies are not read yet
 
     @property
     def pid(self) -> int | None:
         pid: int | None = self.process.pid  # multiprocess is untyped
         return pid
+
+    def death_reason(self) -> str:
+        return f"worker process {self.pid} died (exit code {self.process.exitcode})"
 
     def _died(self, how: str) -> ShardError:
         code = self.process.exitcode
@@ -129,22 +274,11 @@ class ShardHandle:
         self.dead = f"worker process {self.pid} {how} (exit code {code})"
         return ShardError(self.index, self.dead)
 
-    def _out_of_step(self) -> None:
-        self.dead = "a call was interrupted half-way through a message; the pipe is out of step (close and reopen)"
-
-    def send(self, message: bytes) -> None:
-        if self.dead:
-            raise ShardError(self.index, self.dead)
-        while self.unanswered:  # replies of a call that was interrupted: read and drop them
-            self.recv()
+    def _send_bytes(self, message: bytes) -> None:
         try:
             self.conn.send_bytes(message)
         except (OSError, ValueError):
             raise self._died("is gone") from None
-        except BaseException:
-            self._out_of_step()
-            raise
-        self.unanswered += 1
 
     def kill(self, why: str) -> None:
         """SIGKILL the worker (it works on a stopped process too) and mark the handle dead."""
@@ -156,18 +290,11 @@ class ShardHandle:
             pass
         self.dead = why
 
-    def ensure_gone(self) -> None:
-        """Kill and reap the worker if it still runs, keeping what was said about its death."""
-        why = self.dead
-        self.kill(why or "stopped after a failed call")
-
     @property
     def alive(self) -> bool:
         return not self.dead and self.process.is_alive()
 
-    def recv(self, deadline: float | None = None) -> list[Any]:
-        """The decoded reply parts ``[ok, ...]``. Past ``deadline`` (a ``time.monotonic()``
-        value) the worker is killed and ShardError says it timed out."""
+    def _recv_bytes(self, deadline: float | None) -> bytes:
         try:
             while not self.conn.poll(
                 _LIVENESS_POLL_SECONDS if deadline is None else max(0.0, min(_LIVENESS_POLL_SECONDS, deadline - time.monotonic()))
@@ -183,18 +310,15 @@ class ShardHandle:
         except (EOFError, OSError):
             raise self._died("died") from None
         try:
-            data = self.conn.recv_bytes()
+            data: bytes = self.conn.recv_bytes()
         except (EOFError, OSError):
             raise self._died("died") from None
         except BaseException:
             self._out_of_step()
             raise
-        self.unanswered -= 1
-        return decode_parts(data)
+        return data
 
     def stop(self, patience: float = _JOIN_SECONDS) -> None:
-        """Ask the worker to exit, then make sure it has within about ``patience`` seconds:
-        a stopped or stuck worker is killed, so closing never hangs."""
         deadline = time.monotonic() + patience
         if not self.dead and self.process.is_alive():
             try:
@@ -214,33 +338,49 @@ class ShardHandle:
             self.kill("closed")
         self.dead = self.dead or "closed"
 
+    @classmethod
+    def watcher(cls) -> Watcher:
+        return _SentinelLiveness()
+
+    @classmethod
+    def wait_events(cls, handles: Sequence[ShardHandle], timeout: float) -> list[tuple[ShardHandle, Any]]:
+        out: list[tuple[ShardHandle, Any]] = []
+        mine = [h for h in handles if isinstance(h, ProcessShard)]
+        for h in mine:
+            if h.events.closed:  # stopped meanwhile (rebuilt by another call): its writer is gone
+                out.append((h, ShardError(h.index, h.dead or "its worker was stopped during the save")))
+        if out:
+            return out
+        by_conn = {h.events: h for h in mine}
+        by_sentinel = {h.process.sentinel: h for h in mine}
+        try:
+            ready = multiprocess.connection.wait([*by_conn, *by_sentinel], timeout)
+        except (OSError, ValueError):
+            return []  # a handle was closed by another thread just now: the next look reports it
+        for item in ready:
+            if item in by_conn:
+                handle = by_conn[item]
+                try:
+                    out.append((handle, decode_any(handle.events.recv_bytes())))
+                except (EOFError, OSError):
+                    out.append((handle, handle._died("died")))
+        for item in ready:
+            dead = by_sentinel.get(item)
+            if dead is not None and not any(h is dead for h, _ in out):
+                out.append((dead, dead._died("died")))
+        return out
+
 
 def wait_for_events(handles: Sequence[ShardHandle], timeout: float) -> list[tuple[ShardHandle, Any]]:
     """Event messages from the handles' workers (decoded), or ``(handle, ShardError)`` for a
-    worker that died; empty after ``timeout`` seconds of silence."""
+    worker that died; empty after ``timeout`` seconds of silence. Each backend is asked for
+    its own handles (the wait is shared between backends when they are mixed)."""
+    groups = _by_backend(handles)
+    if len(groups) <= 1:
+        return next(iter(groups)).wait_events(handles, timeout) if groups else []
     out: list[tuple[ShardHandle, Any]] = []
-    for h in handles:
-        if h.events.closed:  # stopped meanwhile (rebuilt by another call): its writer is gone
-            out.append((h, ShardError(h.index, h.dead or "its worker was stopped during the save")))
-    if out:
-        return out
-    by_conn = {h.events: h for h in handles}
-    by_sentinel = {h.process.sentinel: h for h in handles}
-    try:
-        ready = multiprocess.connection.wait([*by_conn, *by_sentinel], timeout)
-    except (OSError, ValueError):
-        return []  # a handle was closed by another thread just now: the next look reports it
-    for item in ready:
-        if item in by_conn:
-            handle = by_conn[item]
-            try:
-                out.append((handle, decode_any(handle.events.recv_bytes())))
-            except (EOFError, OSError):
-                out.append((handle, handle._died("died")))
-    for item in ready:
-        dead = by_sentinel.get(item)
-        if dead is not None and not any(h is dead for h, _ in out):
-            out.append((dead, dead._died("died")))
+    for kind, group in groups.items():
+        out += kind.wait_events(group, 0.0 if out else timeout / len(groups))
     return out
 
 
