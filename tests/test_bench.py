@@ -190,3 +190,18 @@ def test_parse_sizes():
         run.parse_sizes("5")
     with pytest.raises(run.argparse.ArgumentTypeError):
         run.parse_sizes("many")
+
+
+def test_both_backends_with_a_table_of_ray_against_local(tmp_path, capsys, local_ray):
+    argv = ["--users", "2000", "--iterations", "1", "--shards", "2", "--backend", "both", "--no-chart", "--output", str(tmp_path)]
+    code = run.main([*argv, "--quiet", "--no-durability"])
+    assert code == 0
+    [json_path] = tmp_path.glob("bench-*.json")
+    doc = json.loads(json_path.read_text())
+    keys = [e["engine"]["key"] for e in doc["engines"]]
+    assert keys == ["original", "sqlite", "ours-2", "ours-ray-2"]
+    ray_engine = doc["engines"][-1]
+    assert ray_engine["engine"]["backend"] == "ray" and ray_engine["get_us"]["uncached_median"] > 0
+    assert ray_engine["memory"]["users"] == 2000
+    printed = capsys.readouterr().out
+    assert "Ray against local, 2 shard(s)" in printed and "single get, median uncached" in printed

@@ -128,6 +128,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         f"(default {FULL_SHARDS!r}; {QUICK_SHARDS!r} with --quick)",
     )
     parser.add_argument("--quick", action="store_true", help="about a minute in all: fewer users, iterations and shard counts unless given")
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray", "both"),
+        default="local",
+        help="where our engine's shards run: worker processes (local, the default), Ray actors on a local Ray (ray), "
+        "or both, with a table of Ray against local (needs the ray extra)",
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed of users and picks (default {DEFAULT_SEED})")
     parser.add_argument(
         "--output", type=Path, default=Path("bench-results"), metavar="DIR", help="where the JSON and the chart go (default bench-results/)"
@@ -233,6 +240,7 @@ def engine_records(results: list[EngineResult]) -> list[dict[str, Any]]:
 def target_engine(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Our engine at the default shard count, else the largest shard count measured."""
     ours = [r for r in records if r["engine"]["kind"] == "ours"]
+    ours = [r for r in ours if r["engine"].get("backend", "local") == "local"] or ours
     if not ours:
         return None
     defaults = [r for r in ours if r["engine"].get("default")]
@@ -322,6 +330,7 @@ def format_report(doc: dict[str, Any]) -> str:
 
     if records:
         out += _format_footprint(doc)
+        out += _format_backends(records)
     extra = doc.get("memory_and_scale") or {}
     tables = [(extra.get(k), f) for k, f in (("memory", format_memory), ("scale", format_scale), ("heap_rows", format_heap))]
     if any(section for section, _ in tables):
@@ -330,6 +339,28 @@ def format_report(doc: dict[str, Any]) -> str:
     if doc.get("durability"):
         out += [format_durability(doc["durability"]), ""]
     return "\n".join(out)
+
+
+def _format_backends(records: list[dict[str, Any]]) -> list[str]:
+    """Ray against local, row by row at each shard count measured on both (averages), and the
+    single-call latency of each: what moving the shards to Ray actors costs."""
+    by_key = {(r["engine"].get("backend", "local"), r["engine"]["shards"]): r for r in records if r["engine"]["kind"] == "ours"}
+    pairs = [(by_key[("local", n)], by_key[("ray", n)]) for b, n in by_key if b == "ray" and ("local", n) in by_key]
+    out: list[str] = []
+    for local, ray in pairs:
+        out += [f"Ray against local, {ray['engine']['shards']} shard(s) (averages; the target is at most 2x on batch rows)"]
+        out += [f"{'Operation':<26}{'local (s)':>12}{'Ray (s)':>12}{'Ray/local':>12}", "_" * 62]
+        for row, stats in ray["rows"].items():
+            base = local["rows"][row]["avg"]
+            out.append(f"{row:<26}{base:>12.4f}{stats['avg']:>12.4f}{_fmt(_ratio(stats['avg'], base), '>11.2f')}x")
+        lg, rg = local.get("get_us") or {}, ray.get("get_us") or {}
+        if lg and rg:
+            out.append(
+                f"single get, median uncached: local {_fmt(lg.get('uncached_median'), '.1f')} us, "
+                f"Ray {_fmt(rg.get('uncached_median'), '.1f')} us"
+            )
+        out.append("")
+    return out
 
 
 def _format_footprint(doc: dict[str, Any]) -> list[str]:
@@ -442,8 +473,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if not args.quiet:
             print(f"[{time.perf_counter() - started:7.1f}s] {message}", file=sys.stderr, flush=True)
 
+    if args.backend != "local" and importlib.util.find_spec("ray") is None:
+        print("pydbms bench: error: --backend ray needs ray: pip install 'pydbms-shard[ray]'", file=sys.stderr)
+        return 2
     engines = [make_engine("original"), make_engine("sqlite")]
-    engines += [OursEngine(n, default=(n == cpus)) for n in shard_counts]
+    backends = {"local": ["local"], "ray": ["ray"], "both": ["local", "ray"]}[args.backend]
+    engines += [OursEngine(n, default=(n == cpus), backend=b) for b in backends for n in shard_counts]
     output = args.output
     output.mkdir(parents=True, exist_ok=True)
     machine = machine_info()

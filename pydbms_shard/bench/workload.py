@@ -187,15 +187,17 @@ class OursEngine(Engine):
     kind = "ours"
     snapshot_name = "users_db.json"
 
-    def __init__(self, shards: int, default: bool = False) -> None:
+    def __init__(self, shards: int, default: bool = False, backend: str = "local") -> None:
         self.shards = shards
-        self.default = default
-        self.key = f"ours-{shards}"
+        self.backend = backend
+        self.default = default and backend == "local"
+        self.key = f"ours-{shards}" if backend == "local" else f"ours-{backend}-{shards}"
         plural = "shard" if shards == 1 else "shards"
-        self.label = f"pydbms-shard, {shards} {plural}" + (" (default)" if default else "")
+        where = "" if backend == "local" else f" on {backend.capitalize()}"
+        self.label = f"pydbms-shard{where}, {shards} {plural}" + (" (default)" if self.default else "")
 
     def open(self) -> DataBase:
-        return DataBase(shards=self.shards)
+        return DataBase(shards=self.shards, backend=self.backend)
 
     def close(self, db: DataBase) -> None:
         db.close()
@@ -223,7 +225,7 @@ class OursEngine(Engine):
         return [os.getpid()] + [int(s["pid"]) for s in db.stats()["shards"]]
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "default": self.default}
+        return {**super().describe(), "default": self.default, "backend": self.backend}
 
 
 class OriginalEngine(Engine):
@@ -270,11 +272,11 @@ class SQLiteEngine(Engine):
         db.load(path)
 
 
-def make_engine(kind: str, shards: int | None = None, default: bool = False) -> Engine:
+def make_engine(kind: str, shards: int | None = None, default: bool = False, backend: str = "local") -> Engine:
     if kind == "ours":
         if shards is None:
             raise ValueError("our engine needs a shard count")
-        return OursEngine(shards, default)
+        return OursEngine(shards, default, backend)
     if kind == "original":
         return OriginalEngine()
     if kind == "sqlite":
@@ -482,7 +484,8 @@ def measure_memory(engine: Engine, path: Path) -> dict[str, Any]:
 
 def memory_in_child(engine: Engine, path: Path) -> dict[str, Any]:
     """:func:`measure_memory` in a fresh interpreter, so only the engine's own memory counts."""
-    args = [sys.executable, "-m", "pydbms_shard.bench.workload", "memory", engine.kind, str(engine.shards or 0), str(path)]
+    backend = getattr(engine, "backend", "local")
+    args = [sys.executable, "-m", "pydbms_shard.bench.workload", "memory", engine.kind, str(engine.shards or 0), str(path), backend]
     done = subprocess.run(args, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"memory measurement of {engine.label} failed: {done.stderr.strip()[-2000:]}")
@@ -491,11 +494,11 @@ def memory_in_child(engine: Engine, path: Path) -> dict[str, Any]:
 
 
 def _main(argv: list[str]) -> int:
-    if len(argv) != 4 or argv[0] != "memory":
-        print("usage: python -m pydbms_shard.bench.workload memory KIND SHARDS PATH", file=sys.stderr)
+    if len(argv) != 5 or argv[0] != "memory":
+        print("usage: python -m pydbms_shard.bench.workload memory KIND SHARDS PATH BACKEND", file=sys.stderr)
         return 2
-    _, kind, shards, path = argv
-    engine = make_engine(kind, int(shards) or None)
+    _, kind, shards, path, backend = argv
+    engine = make_engine(kind, int(shards) or None, backend=backend)
     print(json.dumps(measure_memory(engine, Path(path))))
     return 0
 
