@@ -40,6 +40,7 @@ from .coordinator import DataBase
 from .errors import ConfigError, ImportFileError, LogError, PydbmsError, SnapshotError, ValidationError
 from .generate import generate_users
 from .readable import convert_file, read_user_lines, write_readable
+from .shell import add_query_options, attach_orders, query_options
 from .workers import log as wal
 
 PROGRESS_THRESHOLD = 100_000
@@ -283,6 +284,26 @@ def cmd_find(args: argparse.Namespace, progress: _Progress) -> int:
     return EXIT_FOUND_PROBLEM if missing else EXIT_OK
 
 
+def cmd_query(args: argparse.Namespace, progress: _Progress) -> int:
+    with _open(args, Path(args.path), reader=True) as db:
+        if args.count:
+            if args.order_by is not None or args.limit is not None:
+                raise CommandError("pydbms query: --count takes no --order-by or --limit (see --help)", EXIT_USAGE)
+            count = db.count(**query_options(args, counting=True))
+            if args.json:
+                _emit_json({"count": count})
+            else:
+                print(count)
+            return EXIT_OK
+        users = db.query(**query_options(args))
+    lines = [user.to_json().decode() for user in users]
+    if args.json:
+        sys.stdout.write(f'{{"count": {len(lines)}, "users": [{", ".join(lines)}]}}\n')
+    elif lines:
+        sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
 def cmd_repair(args: argparse.Namespace, progress: _Progress) -> int:
     path = snapshot.manifest_location(args.path)
     fd = snapshot.owner_lock(path)  # never under a DataBase that has the path open
@@ -368,6 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_find)
 
     p = command(
+        "query",
+        "open PATH (snapshot and log) and print the users matching every filter given as JSON lines (or how many, with --count)",
+        engine=True,
+        json=True,
+    )
+    p.add_argument("path", metavar="PATH")
+    add_query_options(p)
+    p.add_argument("--count", action="store_true", help="print how many users match, not the users")
+    p.set_defaults(run=cmd_query)
+
+    p = command(
         "repair",
         "cut damaged write-ahead log segments of the snapshot at PATH at their last good record (a copy of each is kept)",
     )
@@ -395,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bench.run import main as bench_main
 
             return bench_main(argv[1:], prog="pydbms bench")
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(attach_orders(argv) if argv[:1] == ["query"] else argv)
         if args.command is None:
             build_parser().print_help()
             return EXIT_USAGE

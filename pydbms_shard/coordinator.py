@@ -58,7 +58,7 @@ from .protocol import request, write_message, write_request
 from .routing import HASH_SCHEME, shard_of, shards_of, split_positions
 from .saving import LoadProgress, Progress, SaveSession
 from .shards import Liveness, ShardFailure, ShardHandle, exchange, start_shard
-from .user import User, check_id
+from .user import User, _check_text, check_id
 from .workers.columnar import take_rows
 
 _ID = attrgetter("ID")
@@ -673,6 +673,52 @@ class DataBase:
         return self.search_users([name])
 
     @_locked
+    def query(
+        self,
+        *,
+        name: str | None = None,
+        name_prefix: str | None = None,
+        age_min: int | None = None,
+        age_max: int | None = None,
+        order_by: str | None = None,
+        limit: int | None = None,
+    ) -> list[User]:
+        """The users matching every filter given: exactly ``name``, a name starting with
+        ``name_prefix``, an age between ``age_min`` and ``age_max`` (inclusive). ``order_by``:
+        "age", "-age", "name" or "-name" (names in code point order), ties by ascending ID;
+        ``limit``: at most this many (without ``order_by``, any that many of the matches)."""
+        filters = _query_filters("query", name, name_prefix, age_min, age_max)
+        if order_by is not None:
+            if not isinstance(order_by, str):
+                raise PydbmsTypeError(f"query(): order_by must be a str or None, got {type(order_by).__name__}: {order_by!r:.80}")
+            if order_by not in _ORDERS:
+                raise PydbmsValueError(f"query(): order_by must be one of {', '.join(map(repr, _ORDERS))}, got {order_by!r:.80}")
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int):
+                raise PydbmsTypeError(f"query(): limit must be an int or None, got {type(limit).__name__}: {limit!r:.80}")
+            if limit < 0:
+                raise PydbmsValueError(f"query(): limit must not be negative, got {limit}")
+        if filters is None or limit == 0:
+            return []
+        replies = self._all("query", *filters, order_by, limit, False)
+        with gc_paused():
+            parts = [decode_users(reply) for reply in replies]
+        found = [user for part in parts for user in part] if len(parts) > 1 else parts[0]
+        if order_by is not None and len(parts) > 1:
+            found = _merge_sorted(found, order_by)  # sorted runs, one a shard: timsort merges them
+        return found if limit is None else found[:limit]
+
+    @_locked
+    def count(
+        self, *, name: str | None = None, name_prefix: str | None = None, age_min: int | None = None, age_max: int | None = None
+    ) -> int:
+        """How many users match every filter given (as ``query``): only numbers cross the pipes."""
+        filters = _query_filters("count", name, name_prefix, age_min, age_max)
+        if filters is None:
+            return 0
+        return sum(decode_any(reply) for reply in self._all("query", *filters, None, None, True))
+
+    @_locked
     def __len__(self) -> int:
         self._users = sum(decode_any(c) for c in self._all("count"))
         return self._users
@@ -1121,6 +1167,43 @@ class DataBase:
     @property
     def autosave_running(self) -> bool:
         return self._autosaver is not None and self._autosaver.running
+
+
+_ORDERS = ("age", "-age", "name", "-name")
+_AGE_LIMIT = 255  # the age column is a byte: bounds beyond it select the same users as it
+
+
+def _query_filters(call: str, name: Any, prefix: Any, age_min: Any, age_max: Any) -> tuple[str | None, str | None, int, int] | None:
+    """The filters checked, as the ``query`` command's (name, prefix, lowest age, highest age),
+    or None when they can match nobody (``age_min > age_max``)."""
+    for field, text in (("name", name), ("name_prefix", prefix)):
+        if text is not None:
+            if not isinstance(text, str):
+                raise PydbmsTypeError(f"{call}(): {field} must be a str or None, got {type(text).__name__}: {text!r:.80}")
+            _check_text(text, f"{call}(): {field}")
+    bounds = []
+    for field, age, default in (("age_min", age_min, 0), ("age_max", age_max, _AGE_LIMIT)):
+        if age is None:
+            bounds.append(default)
+            continue
+        if isinstance(age, bool) or not isinstance(age, int):
+            raise PydbmsTypeError(f"{call}(): {field} must be an int or None (not a bool), got {type(age).__name__}: {age!r:.80}")
+        bounds.append(min(max(int(age), -1), _AGE_LIMIT + 1))
+    lo, hi = bounds
+    if lo > hi or hi < 0 or lo > _AGE_LIMIT:
+        return None
+    return (None if name is None else str(name), None if prefix is None else str(prefix), max(lo, 0), min(hi, _AGE_LIMIT))
+
+
+def _merge_sorted(users: list[User], order_by: str) -> list[User]:
+    """Users in ``order_by`` order, ties by ascending ID (the shards' runs, concatenated)."""
+    if order_by == "age":
+        return sorted(users, key=lambda u: (u.age, u.ID))
+    if order_by == "-age":
+        return sorted(users, key=lambda u: (-u.age, u.ID))
+    if order_by == "name":
+        return sorted(users, key=lambda u: (u.name, u.ID))
+    return sorted(users, key=lambda u: (u.name, -u.ID.int), reverse=True)
 
 
 def _stop_all(shards: list[ShardHandle], owner: list[tuple[Path, int]]) -> None:

@@ -36,6 +36,11 @@ COMMANDS: dict[str, Command] = {
     "has": _c("ids names", "ids names", "[every ID stored here, one byte per name: 1 when some user here has it]"),
     "find": _c("ids names", "ids names", "[query numbers (IDs first, then names), their records]"),
     "count": _c(reply="how many users"),
+    "query": _c(
+        "name prefix age_min age_max order_by limit count",
+        "",
+        "with count, how many users match; else their records (sorted by order_by, at most limit)",
+    ),
     "stats": _c(reply="{shard, users, names, pid, rss_bytes, open_scans, log}"),
     "scan_open": _c("token", "", "how many users the iteration's cut holds"),
     "scan_next": _c("token count", "", "the next records of the cut"),

@@ -9,6 +9,7 @@ the exit code is that of the first command that failed (0 when none did).
 
 from __future__ import annotations
 
+import argparse
 import cmd
 import json
 import os
@@ -17,9 +18,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
-from .args import EXIT_FOUND_PROBLEM, EXIT_OK, EXIT_OTHER, EXIT_SNAPSHOT, EXIT_USAGE
+from .args import EXIT_FOUND_PROBLEM, EXIT_OK, EXIT_OTHER, EXIT_SNAPSHOT, EXIT_USAGE, whole_number
 from .coordinator import DataBase
 from .errors import LogError, PydbmsError, SnapshotError, ValidationError
 from .user import User
@@ -153,9 +154,21 @@ class Shell(cmd.Cmd):
         self._out(f"{self.db.remove_users(items)} removed")
 
     def do_count(self, arg: str) -> None:
-        """count : how many users are stored."""
-        _no_words(arg, "count")
-        self._out(str(len(self.db)))
+        """count [--age MIN:MAX] [--name NAME] [--name-prefix PREFIX] : how many users are
+        stored, or match every filter given (as `query`)."""
+        if not arg.strip():
+            self._out(str(len(self.db)))
+            return
+        args = _parse(_COUNT_PARSER, arg)
+        self._out(str(self.db.count(**query_options(args, counting=True))))
+
+    def do_query(self, arg: str) -> None:
+        """query [--age MIN:MAX] [--name NAME] [--name-prefix PREFIX] [--order-by age|-age|name|-name]
+        [--limit N] : the users matching every filter given, as JSON lines (as `pydbms query`).
+        --age takes MIN:MAX, MIN:, :MAX or one age; bounds are inclusive."""
+        args = _parse(_QUERY_PARSER, arg)
+        for user in self.db.query(**query_options(args)):
+            self._out(user.to_json().decode())
 
     def do_stats(self, arg: str) -> None:
         """stats : users per shard, the log, the cache and autosave, as one JSON object."""
@@ -205,6 +218,81 @@ class Shell(cmd.Cmd):
         if self.interactive:
             self._out("")  # the prompt's line ends before the terminal's
         return True
+
+
+def age_range(text: str) -> tuple[int | None, int | None]:
+    """An argparse type: ``MIN:MAX``, ``MIN:``, ``:MAX`` or one age ``N`` (inclusive bounds)."""
+    low, colon, high = text.partition(":")
+    parse = whole_number(0)
+    try:
+        lo = parse(low) if low.strip() else None
+        hi = (parse(high) if high.strip() else None) if colon else lo
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX, MIN:, :MAX or an age (whole numbers), got {text!r}") from None
+    if lo is None and hi is None and not colon:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX, MIN:, :MAX or an age (whole numbers), got {text!r}")
+    return lo, hi
+
+
+ORDERS = ("age", "-age", "name", "-name")
+
+
+def add_query_options(parser: argparse.ArgumentParser, counting: bool = False) -> None:
+    """The filters of ``query`` and ``count`` (and the order and limit of ``query``), shared by
+    ``pydbms query`` and the shell's commands."""
+    parser.add_argument("--age", type=age_range, metavar="MIN:MAX", help="ages from MIN to MAX inclusive (MIN:, :MAX or one age)")
+    parser.add_argument("--name", metavar="NAME", help="exactly this name")
+    parser.add_argument("--name-prefix", metavar="PREFIX", help="names starting with PREFIX")
+    if not counting:
+        parser.add_argument("--order-by", choices=ORDERS, help="sort by age or name (- for descending); ties by ascending ID")
+        parser.add_argument("--limit", type=whole_number(0), metavar="N", help="at most N users")
+
+
+def attach_orders(words: list[str]) -> list[str]:
+    """``--order-by -age`` as ``--order-by=-age``: argparse takes a value starting with ``-``
+    for an option of its own."""
+    out: list[str] = []
+    words = list(words)
+    while words:
+        word = words.pop(0)
+        if word == "--order-by" and words and words[0] in ORDERS:
+            word = f"--order-by={words.pop(0)}"
+        out.append(word)
+    return out
+
+
+def query_options(args: argparse.Namespace, counting: bool = False) -> dict[str, Any]:
+    """The keyword arguments of ``DataBase.query`` (or ``count``) from the parsed options."""
+    lo, hi = args.age if args.age is not None else (None, None)
+    options: dict[str, Any] = {"name": args.name, "name_prefix": args.name_prefix, "age_min": lo, "age_max": hi}
+    if not counting:
+        options.update(order_by=args.order_by, limit=args.limit)
+    return options
+
+
+class _ShellParser(argparse.ArgumentParser):
+    """argparse for a shell command: an error is a ShellError (one line), never an exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ShellError(f"{message} (usage: {' '.join(self.format_usage().split()[1:])})")
+
+
+def _command_parser(name: str, counting: bool = False) -> _ShellParser:
+    parser = _ShellParser(prog=name, add_help=False)
+    add_query_options(parser, counting)
+    return parser
+
+
+_QUERY_PARSER = _command_parser("query")
+_COUNT_PARSER = _command_parser("count", counting=True)
+
+
+def _parse(parser: argparse.ArgumentParser, arg: str) -> argparse.Namespace:
+    try:
+        words = shlex.split(arg)
+    except ValueError as exc:  # e.g. an unclosed quote
+        raise ShellError(f"{exc} (usage: {' '.join(parser.format_usage().split()[1:])})") from None
+    return parser.parse_args(attach_orders(words))
 
 
 def _words(arg: str, usage: str) -> list[str]:

@@ -156,7 +156,7 @@ def test_bad_config_names_key_and_file(tmp_path: Path) -> None:
 
 
 def test_every_subcommand_has_help(tmp_path: Path) -> None:
-    for command in ["generate", "info", "verify", "convert", "import", "get", "find", "shell"]:
+    for command in ["generate", "info", "verify", "convert", "import", "get", "find", "query", "shell"]:
         result = run(command, "--help", cwd=tmp_path)
         assert result.returncode == EXIT_OK and "usage: pydbms " + command in result.stdout
     assert "Exit codes" in run("--help", cwd=tmp_path).stdout

@@ -36,6 +36,7 @@ OPT_PATH = "'str | os.PathLike[str] | None' = None"
 IDS = "'list[uuid.UUID | str | User]'"
 QUERIES = "'list[User | uuid.UUID | str]'"
 ONE_ID = "'uuid.UUID | str | User'"
+FILTERS = "*, name: 'str | None' = None, name_prefix: 'str | None' = None, age_min: 'int | None' = None, age_max: 'int | None' = None"
 
 SIGNATURES = {
     DataBase: {
@@ -52,6 +53,7 @@ SIGNATURES = {
         "clear_database": "(self) -> 'None'",
         "close": "(self) -> 'None'",
         "contains_many": f"(self, ids: {IDS}) -> 'list[bool]'",
+        "count": f"(self, {FILTERS}) -> 'int'",
         "convert_file": f"(src: {PATH}, dst: {PATH}, format: 'str' = 'jsonl') -> 'int'",
         "find_by_name": "(self, name: 'str') -> 'list[User]'",
         "get": f"(self, id: {ONE_ID}) -> 'User | None'",
@@ -59,6 +61,7 @@ SIGNATURES = {
         "has_user": f"(self, items: {QUERIES}) -> 'bool'",
         "import_file": f"(self, src: {PATH}, progress: 'Any' = None) -> 'int'",
         "load": f"(self, path: {OPT_PATH}, *, progress: 'Progress | None' = None) -> 'snapshot.Manifest'",
+        "query": f"(self, {FILTERS}, order_by: 'str | None' = None, limit: 'int | None' = None) -> 'list[User]'",
         "remove": f"(self, id: {ONE_ID}) -> 'bool'",
         "remove_users": f"(self, items: {QUERIES}) -> 'int'",
         "save": f"(self, path: {OPT_PATH}, *, progress: 'Progress | None' = None) -> 'snapshot.Manifest'",

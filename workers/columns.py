@@ -53,6 +53,8 @@ _MIN_TABLE = 1024
 _MAX_LOAD = 0.7  # a table is rebuilt (at load <= 0.5) when used slots would pass this
 _CHUNK_BYTES = 1 << 18  # per-byte temporaries (hashing, gathering) are built this many name bytes at a time
 _U32_LIMIT = (1 << 32) - 1
+# _WORD_MASKS[k]: the first k bytes of a big-endian u64 word (a name's 8-byte sort key)
+_WORD_MASKS = np.array([((1 << (8 * k)) - 1) << (8 * (8 - k)) for k in range(9)], dtype=np.uint64)
 
 _K1 = np.uint64(0x9E3779B97F4A7C15)
 _K2 = np.uint64(0xBF58476D1CE4E5B9)
@@ -1095,3 +1097,193 @@ class ColumnPartition:
         arrays = (self._ids, self._ages, self._alive, self._ends, self._nhash, self._nslot, self._next, self._arena)
         tables = (self._slots, self._nheads, self._ncount)
         return sum(a.nbytes for a in arrays + tables) + sum(len(v) + 100 for v in self._extras.values())
+
+    # ---------------------------------------------------------- queries
+
+    def query_rows(
+        self,
+        name: str | None = None,
+        prefix: str | None = None,
+        age_min: int = 0,
+        age_max: int = 255,
+        order_by: str | None = None,
+        limit: int | None = None,
+    ) -> np.ndarray:
+        """The live rows matching every filter given (exact name, name prefix, ages between
+        ``age_min`` and ``age_max`` inclusive): ordered by ``order_by`` ("age", "-age", "name",
+        "-name"; ties by ascending ID bytes) and cut to ``limit``, or in row order. All numpy:
+        the name index for an exact name, a byte-column compare per prefix byte, ``lexsort``."""
+        rows = self._match_rows(name, prefix, age_min, age_max)
+        if order_by is None:
+            return rows if limit is None else rows[:limit]
+        if limit is not None and limit < len(rows):
+            rows = rows[self._candidates(rows, order_by, limit)]
+        order = self._order(rows, order_by)
+        picked: np.ndarray = rows[order] if limit is None else rows[order[:limit]]
+        return picked
+
+    def query_count(self, name: str | None = None, prefix: str | None = None, age_min: int = 0, age_max: int = 255) -> int:
+        """How many live users match (see ``query_rows``)."""
+        if name is None and prefix is None and age_min <= 0 and age_max >= 255:
+            return self._live
+        return len(self._match_rows(name, prefix, age_min, age_max))
+
+    def query_columns(
+        self,
+        name: str | None = None,
+        prefix: str | None = None,
+        age_min: int = 0,
+        age_max: int = 255,
+        order_by: str | None = None,
+        limit: int | None = None,
+    ) -> Columns:
+        """``query_rows`` as Columns, in that order (encoded for the reply without an object a user)."""
+        return self.rows_as_columns(self.query_rows(name, prefix, age_min, age_max, order_by, limit))
+
+    def _match_rows(self, name: str | None, prefix: str | None, age_min: int, age_max: int) -> np.ndarray:
+        """The live rows matching the filters, in row order: an exact name through the name
+        index; otherwise masks over the whole columns (ages, then a name's first byte), and only
+        the rows left are gathered from for the prefix's further bytes."""
+        n = self._n
+        lo, hi = max(age_min, 0), min(age_max, 255)
+        if lo > hi or self._live == 0:
+            return np.zeros(0, dtype=np.int64)
+        wanted = prefix.encode() if prefix else b""
+        if name is not None:
+            slots = self._query_slots([name])
+            if slots[0] < 0:
+                return np.zeros(0, dtype=np.int64)
+            rows = np.sort(self._walk(slots)[1])
+            if lo > 0 or hi < 255:
+                ages = self._ages[rows]
+                rows = rows[(ages >= lo) & (ages <= hi)]
+            if not wanted:
+                return rows
+            starts, lens = self._spans(rows)
+            keep = lens >= len(wanted)
+            return self._narrow(rows[keep], starts[keep], wanted, 0)
+        keep = self._alive[:n].copy()
+        if lo > 0:
+            keep &= self._ages[:n] >= lo
+        if hi < 255:
+            keep &= self._ages[:n] <= hi
+        if not wanted:
+            return np.flatnonzero(keep)
+        ends = self._ends[:n].astype(np.int64)
+        starts = np.empty(n, dtype=np.int64)
+        starts[0] = 0
+        starts[1:] = ends[:-1]
+        keep &= ends - starts >= len(wanted)
+        keep &= self._arena[np.minimum(starts, len(self._arena) - 1)] == wanted[0]
+        rows = np.flatnonzero(keep)
+        return self._narrow(rows, starts[rows], wanted, 1)
+
+    def _narrow(self, rows: np.ndarray, starts: np.ndarray, prefix: bytes, done: int) -> np.ndarray:
+        """The rows (names long enough) whose name's bytes from ``done`` on match the prefix's:
+        a gather and compare a byte, each on the rows still in (the first leaves a few percent)."""
+        arena = self._arena
+        for j in range(done, len(prefix)):
+            if len(rows) == 0:
+                break
+            keep = arena[starts + j] == prefix[j]
+            rows, starts = rows[keep], starts[keep]
+        return rows
+
+    def _id_keys(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's ID as two u64 words whose order is the IDs' byte order (``uuid.UUID``'s)."""
+        words = self._ids[rows].view(">u8").astype(np.uint64)
+        return words[:, 0], words[:, 1]
+
+    def _word(self, starts: np.ndarray, lens: np.ndarray, at: int) -> np.ndarray:
+        """Bytes ``at..at+8`` of each name as a big-endian u64, zero past the name's end: zero is
+        the smallest byte, so these words in sequence, then the length, order names as bytes.
+        One gather of 8 bytes a row, through an overlapping view of the arena (a u64 at every
+        byte offset); the few rows within 8 bytes of the arena's end are read byte by byte."""
+        arena = self._arena
+        pos = starts + at
+        k = len(pos)
+        word = np.zeros(k, dtype=np.uint64)
+        room = len(arena) - 8
+        near_end = pos > room
+        if room >= 0:
+            every = np.ndarray((room + 1,), dtype=np.uint64, buffer=arena, strides=(1,))  # native order: swapped below
+            if near_end.any():
+                word[~near_end] = every[pos[~near_end]]
+            else:
+                word = every[pos]
+            if word.dtype.byteorder != ">" and np.little_endian:
+                word.byteswap(inplace=True)
+        if near_end.any():
+            tail = np.flatnonzero(near_end)
+            offsets = pos[tail, None] + np.arange(8)
+            block = np.where(offsets < len(arena), arena[np.minimum(offsets, len(arena) - 1)], 0).astype(np.uint8)
+            word[tail] = block.view(">u8").ravel()
+        short = np.flatnonzero(lens - at < 8)
+        word[short] &= _WORD_MASKS[np.maximum(lens[short] - at, 0)]
+        return word
+
+    def _candidates(self, rows: np.ndarray, order_by: str, limit: int) -> np.ndarray:
+        """Positions in ``rows`` holding the first ``limit`` in that order (and the rows tied with
+        the last of them on the leading key): a partition, so the sort that follows is small."""
+        k = len(rows)
+        if limit == 0:
+            return np.zeros(0, dtype=np.int64)
+        key: np.ndarray
+        if order_by in ("age", "-age"):  # a byte: the cut comes from a histogram, not a partition
+            key = self._ages[rows]
+            counts = np.bincount(key, minlength=256)
+            if order_by == "-age":
+                return np.flatnonzero(key >= 255 - int(np.searchsorted(np.cumsum(counts[::-1]), limit)))
+            return np.flatnonzero(key <= int(np.searchsorted(np.cumsum(counts), limit)))
+        else:
+            starts, lens = self._spans(rows)
+            key = self._word(starts, lens, 0)
+        if order_by[0] == "-":
+            cut = np.partition(key, k - limit)[k - limit]
+            return np.flatnonzero(key >= cut)
+        cut = np.partition(key, limit - 1)[limit - 1]
+        return np.flatnonzero(key <= cut)
+
+    def _order(self, rows: np.ndarray, order_by: str) -> np.ndarray:
+        """The permutation of ``rows`` in ``order_by`` order, ties by ascending ID."""
+        hi, lo = self._id_keys(rows)
+        if order_by in ("age", "-age"):
+            ages = self._ages[rows].astype(np.int16)
+            return np.lexsort((lo, hi, -ages if order_by == "-age" else ages))
+        starts, lens = self._spans(rows)
+        rank = self._name_rank(starts, lens)
+        if order_by == "-name":
+            return np.lexsort((lo, hi, -lens, -rank))
+        return np.lexsort((lo, hi, lens, rank))
+
+    def _name_rank(self, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """A rank per name such that (rank, length) orders names as bytes and is equal exactly
+        for equal names. A rank is the position where its group starts in sorted order; groups
+        that still tie (same bytes so far, some longer) are refined 8 bytes a round, only
+        those rows: names of random letters are settled after one or two words."""
+        k = len(starts)
+        rank = np.zeros(k, dtype=np.int64)
+        active = np.arange(k)
+        at = 0
+        while len(active) > 1:
+            r = rank[active]
+            w = self._word(starts[active], lens[active], at)
+            order = np.lexsort((w, r))
+            active, r, w = active[order], r[order], w[order]
+            pos = np.arange(len(active))
+            group_start = np.ones(len(active), dtype=bool)
+            group_start[1:] = r[1:] != r[:-1]
+            run_start = group_start.copy()
+            run_start[1:] |= w[1:] != w[:-1]
+            first_of_group = np.maximum.accumulate(np.where(group_start, pos, 0))
+            first_of_run = np.maximum.accumulate(np.where(run_start, pos, 0))
+            r = r + (first_of_run - first_of_group)
+            rank[active] = r
+            at += 8
+            # still tied: rows of a run of two or more where some name goes on past these bytes
+            run_id = np.cumsum(run_start) - 1
+            size = np.bincount(run_id)
+            longer = np.bincount(run_id, weights=lens[active] > at) > 0
+            unsettled = (size > 1) & longer
+            active = active[unsettled[run_id]]
+        return rank

@@ -167,6 +167,22 @@ class ShardWorker:
         hits, found = self.partition.find_columns(decode_bytes_list(ids), decode_str_list(names))
         return [hits, records_msgpack(found)]
 
+    def op_query(
+        self,
+        name: str | None,
+        prefix: str | None,
+        age_min: int,
+        age_max: int,
+        order_by: str | None = None,
+        limit: int | None = None,
+        count: bool = False,
+    ) -> Any:
+        """Users by exact name, name prefix and age range (nil: no such filter); with ``count``
+        only how many, else their records sorted by ``order_by`` and cut to ``limit``."""
+        if count:
+            return self.partition.query_count(name, prefix, age_min, age_max)
+        return records_msgpack(self.partition.query_columns(name, prefix, age_min, age_max, order_by, limit))
+
     def op_count(self) -> int:
         return len(self.partition)
 
