@@ -18,9 +18,10 @@ import uuid
 import pytest
 
 pytest.importorskip("ray")
-
 from pydbms_shard import ConfigError, DataBase, ShardError, User, generate_users
 from pydbms_shard.routing import shard_of
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # a local Ray takes seconds to start: out of the fast loop
 
 HANG = 30.0  # seconds a wait may take before the test fails instead of hanging
 

@@ -30,7 +30,7 @@ from pydbms_shard import DataBase, generate_users
 ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
-pytestmark = [pytest.mark.slow, pytest.mark.crash]
+pytestmark = [pytest.mark.slow, pytest.mark.crash, pytest.mark.ray]
 
 RAY = str(Path(sys.executable).with_name("ray"))
 HANG = 60.0
