@@ -192,6 +192,8 @@ def test_parse_sizes():
         run.parse_sizes("many")
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_both_backends_with_a_table_of_ray_against_local(tmp_path, capsys, local_ray):
     argv = ["--users", "2000", "--iterations", "1", "--shards", "2", "--backend", "both", "--no-chart", "--output", str(tmp_path)]
     code = run.main([*argv, "--quiet", "--no-durability"])
