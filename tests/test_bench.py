@@ -50,6 +50,7 @@ def test_main_writes_json_and_chart(tmp_path, capsys):
     assert str(json_path) in printed
 
 
+@pytest.mark.slow
 def test_durability_only_at_a_tiny_size(tmp_path, capsys, monkeypatch):
     """The durability measurements end to end with 2k users and one round: the structure of the
     JSON and of the printed table (never the timings, which depend on the machine). Workers

@@ -107,6 +107,7 @@ def test_import_bad_line_names_it_and_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "snap.json").exists()
 
 
+@pytest.mark.slow
 def test_get_and_find(snap: Path) -> None:
     with DataBase(shards=2) as db:
         db.load(snap)
@@ -155,6 +156,7 @@ def test_bad_config_names_key_and_file(tmp_path: Path) -> None:
     assert result.returncode == EXIT_CONFIG and "worse.yaml" in one_line_error(result)
 
 
+@pytest.mark.slow
 def test_every_subcommand_has_help(tmp_path: Path) -> None:
     for command in ["generate", "info", "verify", "convert", "import", "get", "find", "query", "shell"]:
         result = run(command, "--help", cwd=tmp_path)
@@ -189,6 +191,7 @@ def _run_on_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
     return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     code, output = _run_on_terminal(["generate", "120000", "big.json", "--shards", "2"], tmp_path)
     assert code == EXIT_OK
@@ -200,6 +203,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     assert code == EXIT_OK and "%|" not in output
 
 
+@pytest.mark.slow
 def test_bench_subcommand_runs_the_benchmark(tmp_path: Path) -> None:
     result = run(
         "bench",

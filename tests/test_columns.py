@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -299,6 +300,7 @@ TestColumnMachine = ColumnMachine.TestCase
 TestColumnMachine.settings = settings(max_examples=80, stateful_step_count=25, deadline=None)
 TestCollidingMachine = CollidingMachine.TestCase
 TestCollidingMachine.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+TestColumnMachine.pytestmark = [pytest.mark.slow]  # the longest model runs: in the full suite, not the fast loop
 
 
 # ------------------------------------------------------------------ properties and cases

@@ -320,6 +320,7 @@ def test_failed_fsync_is_not_retried(tmp_path):
         assert db.stats()["shards"][0]["log"]["failed"]
 
 
+@pytest.mark.slow
 @pytest.mark.crash
 def test_sigstopped_worker_times_out_is_rebuilt_and_close_does_not_hang(tmp_path):
     path = tmp_path / "db.json"
@@ -683,6 +684,7 @@ def test_load_whose_commit_fails_after_the_rename_keeps_the_loaded_state(tmp_pat
         assert _state(db) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 def test_an_opener_waits_for_the_workers_of_an_ended_program(tmp_path):
     """A worker of a killed program may still append a message it had received: while any
@@ -727,6 +729,7 @@ def test_a_bad_record_at_the_end_of_an_older_segment_is_damage(tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 @pytest.mark.crash
 def test_close_gives_up_on_a_stopped_worker_during_an_autosave(tmp_path, monkeypatch):

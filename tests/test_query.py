@@ -370,6 +370,7 @@ def snap(tmp_path_factory) -> tuple[Path, list[User]]:
     return where / "db.json", users
 
 
+@pytest.mark.slow
 def test_cli_query_and_count(snap) -> None:
     path, users = snap
     model = {u.ID: u for u in users}

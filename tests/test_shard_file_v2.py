@@ -192,6 +192,7 @@ def test_flipped_byte_anywhere(v2_file: tuple[Path, snap.ManifestFile, bytes]) -
         assert_refused(path, None, readers(path, None)[:3])
 
 
+@pytest.mark.slow
 def test_flipped_byte_in_any_segment_with_the_file_checksum_recomputed(v2_file: tuple[Path, snap.ManifestFile, bytes]) -> None:
     """Block heads, descriptors and every segment (stored and zstd) have their own checks."""
     path, _entry, data = v2_file

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pydbms_shard import DataBase, User
 from pydbms_shard.cli import EXIT_FOUND_PROBLEM, EXIT_OK, EXIT_SNAPSHOT, EXIT_USAGE
 
@@ -65,6 +67,7 @@ def test_exit_code_of_a_not_found_and_of_a_missing_snapshot(tmp_path: Path) -> N
     assert len(result.stderr.splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_a_path_is_recovered_and_logged(tmp_path: Path) -> None:
     result = shell("add Ada 36 Bob 40\n", "db.json", cwd=tmp_path)  # logged, never saved
     assert result.returncode == EXIT_OK, result.stderr
