@@ -25,7 +25,6 @@ to almost nothing (1M ``User%d`` names: 400 bytes against 1.1 MB for u64 ends, 5
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -52,10 +51,9 @@ from .snapshot import (
     _check_header,
     _check_size,
     _check_trailer,
-    _create,
     _read_whole,
-    _remove_quietly,
     check_whole_file,
+    created_durably,
     iter_shard_file,
     open_shard_file,
     read_shard_file,
@@ -147,37 +145,28 @@ def write_columns_file(
     ages = np.ascontiguousarray(cols.ages, dtype=np.uint8)
     names, extras = memoryview(cols.name_arena).cast("B"), memoryview(cols.extra_arena).cast("B")
     cctx = zstandard.ZstdCompressor(level=level, threads=threads)
-    fd = _create(path, mode)
-    try:
-        with os.fdopen(fd, "wb", closefd=False) as out:
-            header = HEADER.pack(FILE_MAGIC, FILE_VERSION_COLUMNS, FLAG_ZSTD, shard, shards, 0, n)
-            out.write(header)
-            crc = zlib.crc32(header)
-            body_len = 0
-            for start in range(0, n, block_rows):
-                stop = min(start + block_rows, n)
-                name_lens, n0, n1 = _lengths(cols.name_ends, start, stop)
-                extra_lens, e0, e1 = _lengths(cols.extra_ends, start, stop)
-                raws = (ids[start:stop], ages[start:stop], name_lens, names[n0:n1], extra_lens, extras[e0:e1])
-                parts = [_segment(column, raw, cctx) for column, raw in enumerate(raws)]
-                head = BLOCK_HEAD.pack(BLOCK_MAGIC, stop - start, SEGMENTS) + b"".join(d for d, _ in parts)
-                pieces = [head + BLOCK_CHECK.pack(crc32c.crc32c(head), 0), *(s for _, s in parts)]
-                for piece in pieces:
-                    out.write(piece)
-                    crc = zlib.crc32(piece, crc)
-                    body_len += len(piece)
-                if progress is not None:
-                    progress(stop)
-            if progress is not None and not n:
-                progress(0)
-            out.write(TRAILER.pack(TRAILER_MAGIC, body_len, crc))
-            out.flush()
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _remove_quietly(path)
-        raise
-    os.close(fd)
+    with created_durably(path, mode) as out:
+        header = HEADER.pack(FILE_MAGIC, FILE_VERSION_COLUMNS, FLAG_ZSTD, shard, shards, 0, n)
+        out.write(header)
+        crc = zlib.crc32(header)
+        body_len = 0
+        for start in range(0, n, block_rows):
+            stop = min(start + block_rows, n)
+            name_lens, n0, n1 = _lengths(cols.name_ends, start, stop)
+            extra_lens, e0, e1 = _lengths(cols.extra_ends, start, stop)
+            raws = (ids[start:stop], ages[start:stop], name_lens, names[n0:n1], extra_lens, extras[e0:e1])
+            parts = [_segment(column, raw, cctx) for column, raw in enumerate(raws)]
+            head = BLOCK_HEAD.pack(BLOCK_MAGIC, stop - start, SEGMENTS) + b"".join(d for d, _ in parts)
+            pieces = [head + BLOCK_CHECK.pack(crc32c.crc32c(head), 0), *(s for _, s in parts)]
+            for piece in pieces:
+                out.write(piece)
+                crc = zlib.crc32(piece, crc)
+                body_len += len(piece)
+            if progress is not None:
+                progress(stop)
+        if progress is not None and not n:
+            progress(0)
+        out.write(TRAILER.pack(TRAILER_MAGIC, body_len, crc))
     return ManifestFile(name=path.name, shard=shard, users=n, bytes=HEADER.size + body_len + TRAILER.size, crc32=f"{crc:08x}")
 
 

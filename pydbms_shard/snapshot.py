@@ -297,6 +297,23 @@ def _create(path: Path, mode: int) -> int:
     return fd
 
 
+@contextmanager
+def created_durably(path: Path, mode: int) -> Iterator[IO[bytes]]:
+    """A new file (``mode``, never an existing one) to write; flushed and fsynced when the
+    block ends, or closed and removed when it raises: no half-written file is left behind."""
+    fd = _create(path, mode)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            yield out
+            out.flush()
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _remove_quietly(path)
+        raise
+    os.close(fd)
+
+
 def write_bytes_durably(path: Path, data: bytes, mode: int) -> None:
     """Write a new file and fsync it (no rename: the caller decides when it becomes visible)."""
     fd = _create(path, mode)
@@ -345,35 +362,26 @@ def write_shard_file(
         return write_columns_file(path, records, shard, shards, level, mode, progress)
     crc = 0
     body_len = 0
-    fd = _create(path, mode)
-    try:
-        with os.fdopen(fd, "wb", closefd=False) as out:
-            header = HEADER.pack(FILE_MAGIC, FILE_VERSION_RECORDS, FLAG_ZSTD, shard, shards, 0, len(records))
-            out.write(header)
-            crc = zlib.crc32(header)
-            compressor = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
-            for start in range(0, max(len(records), 1), BLOCK_RECORDS):
-                block = encode(records[start : start + BLOCK_RECORDS])
-                piece = compressor.compress(BLOCK_LEN.pack(len(block)) + block)
-                if piece:
-                    out.write(piece)
-                    crc = zlib.crc32(piece, crc)
-                    body_len += len(piece)
-                if progress is not None:
-                    progress(min(start + BLOCK_RECORDS, len(records)))
-            piece = compressor.flush()
-            out.write(piece)
-            crc = zlib.crc32(piece, crc)
-            body_len += len(piece)
-            out.write(TRAILER.pack(TRAILER_MAGIC, body_len, crc))
-            out.flush()
-            os.fsync(fd)
-        size = HEADER.size + body_len + TRAILER.size
-    except BaseException:
-        os.close(fd)
-        _remove_quietly(path)
-        raise
-    os.close(fd)
+    with created_durably(path, mode) as out:
+        header = HEADER.pack(FILE_MAGIC, FILE_VERSION_RECORDS, FLAG_ZSTD, shard, shards, 0, len(records))
+        out.write(header)
+        crc = zlib.crc32(header)
+        compressor = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
+        for start in range(0, max(len(records), 1), BLOCK_RECORDS):
+            block = encode(records[start : start + BLOCK_RECORDS])
+            piece = compressor.compress(BLOCK_LEN.pack(len(block)) + block)
+            if piece:
+                out.write(piece)
+                crc = zlib.crc32(piece, crc)
+                body_len += len(piece)
+            if progress is not None:
+                progress(min(start + BLOCK_RECORDS, len(records)))
+        piece = compressor.flush()
+        out.write(piece)
+        crc = zlib.crc32(piece, crc)
+        body_len += len(piece)
+        out.write(TRAILER.pack(TRAILER_MAGIC, body_len, crc))
+    size = HEADER.size + body_len + TRAILER.size
     return ManifestFile(name=path.name, shard=shard, users=len(records), bytes=size, crc32=f"{crc:08x}")
 
 
@@ -837,17 +845,8 @@ def _backup_locked(manifest: Manifest, files: list[tuple[Path, ManifestFile]], d
 
 
 def _copy_durably(src: Path, dst: Path, mode: int) -> None:
-    fd = _create(dst, mode)
-    try:
-        with open(src, "rb") as f_in, os.fdopen(fd, "wb", closefd=False) as f_out:
-            shutil.copyfileobj(f_in, f_out, _READ_CHUNK)
-            f_out.flush()
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _remove_quietly(dst)
-        raise
-    os.close(fd)
+    with open(src, "rb") as f_in, created_durably(dst, mode) as f_out:
+        shutil.copyfileobj(f_in, f_out, _READ_CHUNK)
 
 
 def verify_snapshot(path: Path) -> Manifest:
